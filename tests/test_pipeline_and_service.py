@@ -106,6 +106,27 @@ def test_bad_input_is_a_4xx(server, body):
     assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
 
 
+def test_api_key_is_required_when_set(smoke_run):
+    "With LAB2PROD_API_KEY set, routes answer 401 without the bearer token; health stays open."
+    port = free_port()
+    env = {**os.environ, **smoke_run["env"], "LAB2PROD_ARTIFACTS": str(smoke_run["artifacts"]), "LAB2PROD_API_KEY": "s3cret"}
+    proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200: break
+            except httpx.HTTPError: pass
+            time.sleep(1)
+        assert httpx.post(f"{url}/retrieve", json={"query": "ports", "k": 1}).status_code == 401
+        assert httpx.get(f"{url}/lineage").status_code == 401
+        ok = httpx.post(f"{url}/retrieve", json={"query": "ports", "k": 1}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200, ok.text
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM); proc.wait(30)
+
+
 def test_monitor_reads_the_request_log(server, smoke_run):
     httpx.post(f"{server}/feedback", json={"request_id": "abc", "rating": 1}, timeout=30)
     run(["ploomber", "task", "monitor", "--force", "--env--profile", "smoke", "--env--artifacts_dir",
