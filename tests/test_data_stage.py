@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, run
+from conftest import run
 
 from lab2prod.core import read_jsonl
 from lab2prod.data import ingest_corpus, run_data_stage
