@@ -102,3 +102,60 @@ def test_chunk_ids_are_stable_and_local(tmp_path):
     assert ids["o1"] == ids["o2"] and lin["o1"] == lin["o2"]
     assert ids["o3"]["d0.md"] == ids["o1"]["d0.md"] and ids["o3"]["d1.md"] != ids["o1"]["d1.md"]
     assert lin["o3"] != lin["o1"]
+
+
+def minimal_pdf(lines: list[str]) -> bytes:
+    "A one-page PDF with a real text layer (Helvetica), built by hand so the test needs no PDF library."
+    stream = "BT /F1 12 Tf 72 720 Td 14 TL " + " ".join(f"({l}) '" for l in lines) + " ET"
+    objs = ["<< /Type /Catalog /Pages 2 0 R >>", "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+            f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream", "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out, offsets = "%PDF-1.4\n", []
+    for i, o in enumerate(objs, 1):
+        offsets.append(len(out)); out += f"{i} 0 obj\n{o}\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objs) + 1}\n0000000000 65535 f \n" + "".join(f"{o:010d} 00000 n \n" for o in offsets)
+    out += f"trailer\n<< /Size {len(objs) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n"
+    return out.encode("latin-1")
+
+
+def test_pdf_text_layer_is_ingested(tmp_path):
+    (tmp_path / "manual.pdf").write_bytes(minimal_pdf(["Halyard operations manual.", "Backups run nightly at 02:00 UTC."]))
+    docs, rejected, _ = ingest_corpus(tmp_path)
+    assert not rejected and docs[0].format == "pdf" and "Backups run nightly at 02:00 UTC." in docs[0].text
+
+
+def test_a_file_that_vanishes_while_read_is_rejected(tmp_path, monkeypatch):
+    import lab2prod.data as data
+    (tmp_path / "stays.md").write_text(MD.format(title="Stays", i=1))
+    real = data.list_files
+    monkeypatch.setattr(data, "list_files", lambda d: real(d) + [d / "gone.md"])  # listed, then deleted
+    docs, rejected, _ = data.ingest_corpus(tmp_path)
+    assert [d.source for d in docs] == ["stays.md"]
+    assert rejected[0].source == "gone.md" and rejected[0].reason.startswith("unreadable")
+
+
+def test_boilerplate_and_unicode_are_cleaned(tmp_path):
+    for i in range(6):
+        (tmp_path / f"d{i}.md").write_text(MD.format(title=f"D{i}", i=i) + "\n\nＣｏｐｙｒｉｇｈｔ 2026 Example Corp. All rights reserved.\n")
+    docs, _, info = ingest_corpus(tmp_path)
+    assert info["boilerplate_lines"] == ["Copyright 2026 Example Corp. All rights reserved."]
+    assert all("Copyright" not in d.text and "Ｃ" not in d.text for d in docs)
+
+
+def test_contract_violations_name_file_record_and_field(tmp_path):
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text('{"id": "g1", "question": "ok?", "answer": "yes", "source": "a.md"}\n{"id": "g2", "question": "q?", "source": "a.md"}\n')
+    (tmp_path / "c").mkdir(); (tmp_path / "c" / "a.md").write_text(MD.format(title="A", i=1))
+    with pytest.raises(ValueError, match=r"golden.jsonl: record 2 \(g2\): field 'answer': Field required"):
+        run_data_stage(corpus_dir=str(tmp_path / "c"), golden_path=str(golden), artifacts_dir=str(tmp_path / "o"))
+
+
+def test_chunks_respect_headings_and_the_token_budget(tmp_path):
+    from lab2prod.data import TokenCounter
+    (tmp_path / "guide.md").write_text("# Guide\n\n## Install\n\n" + "Install it. " * 300 + "\n\n### Linux\n\nUse apt.\n")
+    run_data_stage(corpus_dir=str(tmp_path), artifacts_dir=str(tmp_path / "o"), profile="default")
+    df = pd.read_parquet(tmp_path / "o" / "data" / "chunks.parquet")
+    assert set(df.heading) == {"Guide > Install", "Guide > Install > Linux"}
+    counter = TokenCounter.for_model()
+    assert all(counter.count(f"{h}\n{t}") == n <= 200 for h, t, n in zip(df.heading, df.text, df.n_tokens))
