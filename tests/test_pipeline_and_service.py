@@ -133,3 +133,39 @@ def test_monitor_reads_the_request_log(server, smoke_run):
          str(smoke_run["artifacts"])], env=smoke_run["env"])
     report = json.loads((smoke_run["artifacts"] / "monitor" / "report.json").read_text())
     assert report["requests"] >= 2 and report["feedback"] >= 2
+
+
+def test_service_refuses_an_index_that_does_not_match_its_manifest(smoke_run, tmp_path):
+    import shutil
+    art = tmp_path / "art"
+    for name in ("index", "data", "model"): shutil.copytree(smoke_run["artifacts"] / name, art / name)
+    manifest = json.loads((art / "index" / "manifest.json").read_text())
+    (art / "index" / "manifest.json").write_text(json.dumps(manifest | {"n_chunks": manifest["n_chunks"] + 1}))
+    p = subprocess.run([str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(free_port())], cwd=ROOT,
+                       env={**os.environ, **smoke_run["env"], "LAB2PROD_ARTIFACTS": str(art)}, capture_output=True,
+                       text=True, timeout=180)
+    assert p.returncode != 0 and "does not match its manifest" in p.stdout + p.stderr
+
+
+def test_lineage_reports_an_index_built_from_other_data(smoke_run, tmp_path):
+    "Skew: the data changed after the index was built; the service starts, warns, and /lineage says so."
+    import shutil
+    art = tmp_path / "art"
+    for name in ("index", "data", "model"): shutil.copytree(smoke_run["artifacts"] / name, art / name)
+    df = pd.read_parquet(art / "data" / "chunks.parquet"); df.loc[0, "text"] = "a newer fact"
+    df.to_parquet(art / "data" / "chunks.parquet")
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
+                            env={**os.environ, **smoke_run["env"], "LAB2PROD_ARTIFACTS": str(art)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200: break
+            except httpx.HTTPError: pass
+            time.sleep(1)
+        lineage = httpx.get(f"http://127.0.0.1:{port}/lineage", timeout=30).json()
+        assert lineage["skew"] == {"index_in_step": False}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM); proc.wait(30)
+    assert "re-run the index task" in proc.stdout.read().decode()
