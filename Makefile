@@ -18,7 +18,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: all install pipeline version test test-fast check lock environment.yml serve clean
+.PHONY: all install pipeline version test check lock environment.yml serve benchmarks clean
 
 all: install pipeline
 
@@ -71,6 +71,12 @@ environment.yml: requirements.lock
 
 serve: install
 	$(BIN)/bentoml serve
+
+benchmarks: install
+	$(PY) benchmarks/data_speed.py
+	$(PY) benchmarks/embedding_speed.py
+	$(PY) benchmarks/retrieval_quality.py
+	$(PY) benchmarks/query_latency.py
 
 clean:
 	rm -rf artifacts/* .pytest_cache

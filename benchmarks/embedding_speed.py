@@ -1,0 +1,65 @@
+"""Embedding throughput: lab2prod's onnx-int8 backend against plain SentenceTransformer.encode, same chunks, same run.
+
+Chunks are the data stage's chunks of the sample corpus and of the pydoc corpus (default profile, ~200 embedding
+tokens each). Each backend encodes all chunks three times, alternating, and the median is kept, so a burst of
+load on a shared machine hits both. Also reports the cosine similarity of the two backends' vectors.
+Retrieval quality of both backends on the golden sets: benchmarks/retrieval_quality.py.
+
+    .venv/bin/python benchmarks/embedding_speed.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lab2prod.core import load_model
+from lab2prod.data import run_data_stage
+from lab2prod.index import chunk_embed_texts, embed_texts, load_embedder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(out: Path, repeats: int = 3) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        subprocess.run([sys.executable, str(ROOT / "benchmarks/corpora/pydoc/make_corpus.py"), str(tmp / "pydoc")],
+                       check=True, capture_output=True)
+        texts = []
+        for name, corpus in (("sample", ROOT / "data/corpus"), ("pydoc", tmp / "pydoc")):
+            run_data_stage(corpus_dir=str(corpus), artifacts_dir=str(tmp / name), profile="default")
+            texts += chunk_embed_texts(pd.read_parquet(tmp / name / "data/chunks.parquet"))
+        plain = load_model("embedding")
+        fast = load_embedder("bundled", "onnx-int8", tmp / "embedder")
+        times = {"plain": [], "onnx-int8": []}
+        for _ in range(repeats):
+            for name, model in (("plain", plain), ("onnx-int8", fast)):
+                t0 = time.perf_counter(); vecs = embed_texts(model, texts); times[name].append(time.perf_counter() - t0)
+                if name == "plain": a = vecs
+                else: b = vecs
+    cos = (a * b).sum(1)
+    speed = {k: len(texts) / statistics.median(v) for k, v in times.items()}
+    res = {"chunks": len(texts), "chunks_per_s": {k: round(v, 1) for k, v in speed.items()},
+           "speedup": round(speed["onnx-int8"] / speed["plain"], 2),
+           "cosine_to_plain": {"mean": round(float(cos.mean()), 4), "min": round(float(cos.min()), 4)},
+           "runs_s": {k: [round(x, 1) for x in v] for k, v in times.items()}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/embedding_speed.json")
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    main(a.out, a.repeats)
