@@ -48,7 +48,7 @@ version: install
 	$(BIN)/dvc push -q
 
 test: install check
-	$(BIN)/nbdev_test --n_workers 2
+	$(BIN)/nbdev_test --n_workers 0   # in order: later notebooks reuse what earlier ones built
 	$(BIN)/pytest -q -ra
 
 check: install
