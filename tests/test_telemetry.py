@@ -36,3 +36,11 @@ def test_libraries_report_tracking_disabled():
     assert do_not_track() is True
     assert check_telemetry_enabled() is False
     assert Settings().anonymized_telemetry is False
+
+
+def test_every_python_of_the_venv_starts_with_telemetry_off():
+    "The .pth guard written by `make install` covers tools started without the Makefile's environment."
+    env = {k: v for k, v in os.environ.items() if k not in KEYS}
+    out = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('PLOOMBER_STATS_ENABLED'))"],
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "false", "run `make install` (it writes lab2prod_telemetry_off.pth)"
