@@ -1,4 +1,5 @@
 "End to end on the smoke profile: the pipeline builds every product, a rebuild runs nothing, and `bentoml serve` answers the HTTP contract."
+import contextlib
 import json
 import os
 import signal
@@ -50,25 +51,36 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def serving(env: dict, ready_timeout: int = 240):
+    "Run `bentoml serve` from the project root on a free loopback port; yields its URL and the process."
+    import tempfile
+    port, log = free_port(), tempfile.NamedTemporaryFile(prefix="bentoml-serve-", suffix=".log")  # a pipe could fill and block
+    proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
+                            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.output = lambda: open(log.name, encoding="utf-8", errors="replace").read()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + ready_timeout
+        while time.time() < deadline:
+            if proc.poll() is not None: pytest.fail(f"bentoml serve exited: {proc.output()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200: break
+            except httpx.HTTPError: pass
+            time.sleep(1)
+        else: pytest.fail(f"service not ready in {ready_timeout} s")
+        yield url, proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        proc.final_output = proc.output()
+        log.close()
+
+
 @pytest.fixture(scope="module")
 def server(smoke_run):
-    port = free_port()
-    env = {**os.environ, **smoke_run["env"], "LAB2PROD_ARTIFACTS": str(smoke_run["artifacts"])}
-    proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if proc.poll() is not None: pytest.fail(f"bentoml serve exited: {proc.stdout.read().decode()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200: break
-        except httpx.HTTPError: pass
-        time.sleep(1)
-    else:
-        os.killpg(proc.pid, signal.SIGTERM); pytest.fail("service not ready in 240 s")
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(30)
+    with serving({**smoke_run["env"], "LAB2PROD_ARTIFACTS": str(smoke_run["artifacts"])}) as (url, _):
+        yield url
 
 
 def test_ask_answers_with_sources_and_lineage(server, smoke_run):
@@ -108,23 +120,12 @@ def test_bad_input_is_a_4xx(server, body):
 
 def test_api_key_is_required_when_set(smoke_run):
     "With LAB2PROD_API_KEY set, routes answer 401 without the bearer token; health stays open."
-    port = free_port()
-    env = {**os.environ, **smoke_run["env"], "LAB2PROD_ARTIFACTS": str(smoke_run["artifacts"]), "LAB2PROD_API_KEY": "s3cret"}
-    proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200: break
-            except httpx.HTTPError: pass
-            time.sleep(1)
+    env = {**smoke_run["env"], "LAB2PROD_ARTIFACTS": str(smoke_run["artifacts"]), "LAB2PROD_API_KEY": "s3cret"}
+    with serving(env) as (url, _):
         assert httpx.post(f"{url}/retrieve", json={"query": "ports", "k": 1}).status_code == 401
         assert httpx.get(f"{url}/lineage").status_code == 401
         ok = httpx.post(f"{url}/retrieve", json={"query": "ports", "k": 1}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200, ok.text
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM); proc.wait(30)
 
 
 def test_monitor_reads_the_request_log(server, smoke_run):
@@ -154,18 +155,7 @@ def test_lineage_reports_an_index_built_from_other_data(smoke_run, tmp_path):
     for name in ("index", "data", "model"): shutil.copytree(smoke_run["artifacts"] / name, art / name)
     df = pd.read_parquet(art / "data" / "chunks.parquet"); df.loc[0, "text"] = "a newer fact"
     df.to_parquet(art / "data" / "chunks.parquet")
-    port = free_port()
-    proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                            env={**os.environ, **smoke_run["env"], "LAB2PROD_ARTIFACTS": str(art)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200: break
-            except httpx.HTTPError: pass
-            time.sleep(1)
-        lineage = httpx.get(f"http://127.0.0.1:{port}/lineage", timeout=30).json()
+    with serving({**smoke_run["env"], "LAB2PROD_ARTIFACTS": str(art)}) as (url, proc):
+        lineage = httpx.get(f"{url}/lineage", timeout=30).json()
         assert lineage["skew"] == {"index_in_step": False}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM); proc.wait(30)
-    assert "re-run the index task" in proc.stdout.read().decode()
+    assert "re-run the index task" in proc.final_output
