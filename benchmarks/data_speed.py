@@ -43,7 +43,7 @@ def make_corpus(folder: Path, mb: float, seed: int = 0) -> int:
 
 
 def main(mb: float, out: Path) -> dict:
-    from lab2prod.core import get_profile
+    from lab2prod.core import atomic_write_json, get_profile
     from lab2prod.data import TokenCounter, chunk_document, ingest_corpus
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp)
@@ -62,8 +62,7 @@ def main(mb: float, out: Path) -> dict:
            "mb_per_minute": round(size / 2**20 / total_s * 60, 1),
            "naive_read_and_split_s": round(naive_s, 2), "naive_pieces": pieces,
            "slowdown_vs_naive": round(total_s / naive_s, 1), "max_chunk_tokens": max(c.n_tokens for c in chunks)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    atomic_write_json(out, res)
     print(json.dumps(res))
     return res
 

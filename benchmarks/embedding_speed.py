@@ -18,10 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from lab2prod.core import load_model
+from lab2prod.core import atomic_write_json, load_model
 from lab2prod.data import run_data_stage
 from lab2prod.index import chunk_embed_texts, embed_texts, load_embedder
 
@@ -51,8 +50,7 @@ def main(out: Path, repeats: int = 3) -> dict:
            "speedup": round(speed["onnx-int8"] / speed["plain"], 2),
            "cosine_to_plain": {"mean": round(float(cos.mean()), 4), "min": round(float(cos.min()), 4)},
            "runs_s": {k: [round(x, 1) for x in v] for k, v in times.items()}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    atomic_write_json(out, res)
     print(json.dumps(res))
     return res
 

@@ -89,8 +89,8 @@ def main(sizes: list[int], out: Path) -> dict:
             if p.returncode: raise SystemExit(f"size {n} failed:\n{p.stderr[-3000:]}")
             results[str(n)] = json.loads(p.stdout.strip().splitlines()[-1])
             print(json.dumps(results[str(n)]), flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    from lab2prod.core import atomic_write_json
+    atomic_write_json(out, results)
     return results
 
 

@@ -11,7 +11,6 @@ A question is found at rank r when a chunk of its source document is the r-th hi
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from lab2prod.core import atomic_write_json, load_model, read_jsonl
 from lab2prod.data import run_data_stage
