@@ -3,7 +3,7 @@
 Corpora: the sample product docs (data/corpus, golden.jsonl) and the Python language reference topics that ship
 with CPython (benchmarks/corpora/pydoc, regenerated offline). Configurations:
 - floor: 800-character splitter, dense only, plain sentence-transformers (the naive baseline);
-- lab2prod dense / lexical / hybrid, with the torch and onnx-int8 embedding backends.
+- lab2prod dense / lexical / hybrid, with the torch (fp32), torch-bf16 and onnx-int8 embedding backends.
 A question is found at rank r when a chunk of its source document is the r-th hit.
 
     .venv/bin/python benchmarks/retrieval_quality.py [--out benchmarks/results/retrieval_quality.json]
@@ -63,7 +63,7 @@ def main(out: Path) -> dict:
             run_data_stage(corpus_dir=str(corpus), golden_path=str(golden_path), artifacts_dir=str(art), profile="default")
             golden = read_jsonl(art / "data/golden.jsonl")
             results[f"{name}/floor"] = naive_floor(corpus, golden, torch_model)
-            for backend in ("torch", "onnx-int8"):
+            for backend in ("torch", "torch-bf16", "onnx-int8"):
                 idx = work / f"{name}-{backend}"
                 t0 = time.perf_counter()
                 build_index(art / "data/chunks.parquet", idx, embedding_backend=backend)

@@ -95,3 +95,22 @@ def test_empty_chunks_and_missing_model(tmp_path, data_dir):
     with pytest.raises(ValueError, match="no chunks"): build_index(tmp_path / "empty.parquet", tmp_path / "i1")
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         build_index(data_dir / "chunks.parquet", tmp_path / "i2", embedding_model="./models/missing-model")
+
+
+def test_every_backend_agrees_with_the_plain_model_and_a_switch_reembeds(data_dir, tmp_path):
+    "Each backend's vectors stay close to plain fp32 ones; changing the backend re-embeds the whole collection."
+    from lab2prod.core import load_model
+    from lab2prod.index import BACKENDS, chunk_embed_texts, embed_texts, load_embedder
+    texts = chunk_embed_texts(pd.read_parquet(data_dir / "chunks.parquet").head(24))
+    plain = embed_texts(load_model("embedding"), texts)
+    floor = {"torch": 0.99999, "torch-bf16": 0.999, "onnx-int8": 0.95}  # measured: 1.0, 0.9999+, 0.97+
+    for backend in BACKENDS:
+        vecs = embed_texts(load_embedder("bundled", backend, tmp_path / "onnx"), texts)
+        assert vecs.shape == plain.shape and vecs.dtype == plain.dtype, backend
+        assert (vecs * plain).sum(1).min() > floor[backend], backend
+    with pytest.raises(ValueError, match="unknown"): load_embedder("bundled", "fp8")
+    n = len(pd.read_parquet(data_dir / "chunks.parquet"))
+    build_index(data_dir / "chunks.parquet", tmp_path / "index", embedding_backend="torch-bf16")
+    again = build_index(data_dir / "chunks.parquet", tmp_path / "index", embedding_backend="torch-bf16")
+    switched = build_index(data_dir / "chunks.parquet", tmp_path / "index", embedding_backend="onnx-int8")
+    assert again["sync"]["embedded"] == 0 and switched["sync"]["embedded"] == n
