@@ -114,3 +114,23 @@ def test_every_backend_agrees_with_the_plain_model_and_a_switch_reembeds(data_di
     again = build_index(data_dir / "chunks.parquet", tmp_path / "index", embedding_backend="torch-bf16")
     switched = build_index(data_dir / "chunks.parquet", tmp_path / "index", embedding_backend="onnx-int8")
     assert again["sync"]["embedded"] == 0 and switched["sync"]["embedded"] == n
+
+
+def test_fast_backends_load_a_hub_id_from_the_local_cache_only(tmp_path):
+    "A Hugging Face id found in the local cache loads on torch-bf16; an id not there fails naming it, offline."
+    import sys
+
+    from lab2prod.core import resolve_model
+    snap = tmp_path / "hub" / "models--acme--mini-embedder" / "snapshots" / ("a" * 40)
+    shutil.copytree(resolve_model("embedding").location, snap)
+    (snap.parents[1] / "refs").mkdir(); (snap.parents[1] / "refs" / "main").write_text("a" * 40)
+    code = ("from lab2prod.index import load_embedder\n"
+            "import sys\n"
+            "e = load_embedder(sys.argv[1], 'torch-bf16')\n"
+            "print(e.encode(['a query']).shape)")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    ok = subprocess.run([sys.executable, "-c", code, "acme/mini-embedder"], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0 and "(1, 384)" in ok.stdout, ok.stderr[-2000:]
+    missing = subprocess.run([sys.executable, "-c", code, "acme/not-cached"], env=env, capture_output=True, text=True)
+    assert missing.returncode != 0 and "'acme/not-cached' is neither a local folder nor in the Hugging Face cache" \
+        in missing.stderr, missing.stderr[-2000:]
