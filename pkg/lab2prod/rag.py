@@ -5,22 +5,25 @@
 # %% ../../nbs/03b_rag.ipynb #eb362dba
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import os
-import time
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import git_state, load_model, resolve_path
-from .guardrails import NO_CONTEXT, REFUSAL, check_grounding, check_prompt
-from .index import Retriever, check_skew
+from .core import git_state, resolve_path
+from .engine import Engine, Generation, load_engine
+from .guardrails import NO_CONTEXT, REFUSAL, StreamScrubber, check_grounding, check_prompt, scrub_pii
+from .index import Hit, Retriever, check_skew
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SYSTEM_PROMPT', 'PROMPT_VERSION', 'MAX_CONTEXT_CHARS', 'build_messages', 'generate', 'load_llm_with_adapter',
+__all__ = ['log', 'SYSTEM_PROMPT', 'PROMPT_VERSION', 'MAX_CONTEXT_CHARS', 'build_messages', 'Prepared', 'guardrail_record',
            'read_json_or_none', 'RagChain']
 
 # %% ../../nbs/03b_rag.ipynb #91986779
@@ -37,59 +40,48 @@ def build_messages(question: str, passages: list[str]) -> list[dict]:
             {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}]
 
 # %% ../../nbs/03b_rag.ipynb #4e20234e
-def generate(model, tokenizer, messages: list[list[dict]], max_new_tokens: int = 128) -> list[dict]:
-    "Greedy answers to a batch of chat message lists, with token counts."
-    import torch
-    prompts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
-    tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    new = out[:, enc["input_ids"].shape[1]:]
-    results = []
-    for i, row in enumerate(new):
-        n_completion = int((row != tokenizer.pad_token_id).sum())
-        results.append({"answer": tokenizer.decode(row, skip_special_tokens=True).strip(),
-                        "prompt_tokens": int(enc["attention_mask"][i].sum()), "completion_tokens": n_completion})
-    return results
+@dataclass
+class Prepared:
+    "A question that passed the guardrails, with its context and chat messages."
+    request_id: str
+    question: str = field(repr=False)
+    hits: list[Hit] = field(repr=False)
+    messages: list[dict] = field(repr=False)
+    pii: list[str]
+
+
+def guardrail_record(category: str = "", rule: str = "", pii: list[str] | None = None) -> dict:
+    "The guardrail decision as logged and counted: refused or not, the category and rule, the personal data removed."
+    return {"refused": bool(category), "category": category or None, "rule": rule or None, "pii": pii or []}
 
 # %% ../../nbs/03b_rag.ipynb #f224e686
-def load_llm_with_adapter(base_model: str, adapter_dir: Path | None):
-    "The base LLM with the LoRA adapter from `adapter_dir` merged in (if there is one)."
-    model, tok = load_model("llm", base_model)
-    if adapter_dir is not None and (adapter_dir / "adapter_config.json").exists():
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()
-    return model, tok
-
-
 def read_json_or_none(path: Path) -> dict | None:
     "A JSON file's content, or None when it does not exist."
     return json.loads(path.read_text()) if path.exists() else None
 
 
 class RagChain:
-    "Retrieval-augmented answers from the index and the (fine-tuned) model of one artifacts folder."
+    "Retrieval-augmented answers from the index and the generation engine of one artifacts folder."
 
-    def __init__(self, retriever: Retriever, model, tokenizer, lineage: dict, min_similarity: float = 0.25):
-        self.retriever, self.model, self.tokenizer = retriever, model, tokenizer
+    def __init__(self, retriever: Retriever, engine: Engine, lineage: dict, min_similarity: float = 0.25):
+        self.retriever, self.engine = retriever, engine
         self.lineage, self.min_similarity = lineage, min_similarity
 
     @classmethod
-    def load(cls, artifacts_dir: str | os.PathLike, base_model: str | None = None, min_similarity: float = 0.25) -> "RagChain":
-        "Load index, model and adapter from `artifacts_dir` (as the pipeline wrote them)."
+    def load(cls, artifacts_dir: str | os.PathLike, base_model: str | None = None, backend: str | None = None,
+             min_similarity: float = 0.25) -> "RagChain":
+        "Load the index and the engine (with the adapter) from `artifacts_dir`, as the pipeline wrote them."
         art = resolve_path(artifacts_dir)
         retriever = Retriever.load(art / "index")
-        skew = check_skew(art / "index", art / "data" / "chunks.parquet") if (art / "data" / "chunks.parquet").exists() else None
-        model_lineage = read_json_or_none(art / "model" / "lineage.json") or {}
-        base = base_model or model_lineage.get("params", {}).get("base_model", "bundled")
-        adapter = art / "model" / "adapter"
-        model, tok = load_llm_with_adapter(base, adapter if adapter.exists() else None)
-        lineage = {"model": base, "adapter": model_lineage.get("adapter_version") if adapter.exists() else None,
-                   "index": retriever.manifest["data_sha256"][:12], "prompt": PROMPT_VERSION,
-                   "git_commit": git_state().get("git_commit"), "index_in_step": None if skew is None else skew["in_step"]}
-        return cls(retriever, model, tok, lineage, min_similarity)
+        chunks = art / "data" / "chunks.parquet"
+        skew = check_skew(art / "index", chunks) if chunks.exists() else None
+        engine = load_engine(art / "engine", backend=backend, base_model=base_model)
+        desc = engine.describe()
+        lineage = {"model": desc.get("base_model"), "adapter": desc.get("adapter_version"), "engine": desc["backend"],
+                   "device": desc.get("device"), "index": retriever.manifest["data_sha256"][:12], "prompt": PROMPT_VERSION,
+                   "git_commit": git_state().get("git_commit"), "index_in_step": None if skew is None else skew["in_step"],
+                   "embedding_backend": retriever.manifest.get("embedding_backend")}
+        return cls(retriever, engine, lineage, min_similarity)
 
     def top_similarity(self, question: str) -> float | None:
         "Cosine similarity of the question to its nearest chunk."
@@ -97,36 +89,78 @@ class RagChain:
                                               n_results=1, include=["distances"])
         return 1.0 - res["distances"][0][0] if res["distances"][0] else None
 
-    def _refusal(self, rid: str, text: str, hits=()) -> dict:
-        return {"request_id": rid, "answer": text, "sources": [h.to_dict() for h in hits], "refused": True,
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "lineage": self.lineage_public}
-
     @property
     def lineage_public(self) -> dict:
-        return {k: self.lineage.get(k) for k in ("model", "adapter", "index", "prompt", "git_commit")}
+        return {k: self.lineage.get(k) for k in ("model", "adapter", "engine", "index", "prompt", "git_commit")}
+
+    def _refusal(self, rid: str, text: str, guard: dict, hits=()) -> dict:
+        return {"request_id": rid, "answer": text, "sources": [h.to_dict() for h in hits], "refused": True,
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "lineage": self.lineage_public, "guardrail": guard}
+
+    def prepare(self, question: str, k: int = 4) -> Prepared | dict:
+        "Scrub, guard and retrieve: a `Prepared` question, or the finished refusal."
+        rid = uuid.uuid4().hex
+        clean, found = scrub_pii(question)
+        pii = [f.kind for f in found]
+        verdict = check_prompt(clean)
+        if verdict.refused:
+            return self._refusal(rid, REFUSAL, guardrail_record(verdict.category, verdict.rule, pii))
+        hits = self.retriever.search(clean, k)
+        grounding = check_grounding(self.top_similarity(clean), self.min_similarity)
+        if grounding.refused:
+            return self._refusal(rid, NO_CONTEXT, guardrail_record(grounding.category, grounding.rule, pii), hits)
+        return Prepared(rid, clean, hits, build_messages(clean, [h.text for h in hits]), pii)
+
+    def finish(self, prep: Prepared, gen: Generation) -> dict:
+        "The answer for a prepared question from the engine's generation, scrubbed of personal data."
+        answer, found = scrub_pii(gen.text)
+        return {"request_id": prep.request_id, "answer": answer, "sources": [h.to_dict() for h in prep.hits],
+                "refused": False, "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens},
+                "lineage": self.lineage_public, "guardrail": guardrail_record(pii=prep.pii + [f.kind for f in found]),
+                "timing": {"ttft_s": gen.ttft_s, "generate_s": gen.seconds}, "finish_reason": gen.finish_reason}
+
+    @staticmethod
+    def _check_tokens(max_new_tokens: int) -> None:
+        if not 1 <= max_new_tokens <= 1024:
+            raise ValueError(f"max_new_tokens must be in 1..1024, got {max_new_tokens}")
 
     def ask_many(self, questions: list[str], k: int = 4, max_new_tokens: int = 128) -> list[dict]:
-        "Answers to several questions, generated as one batch."
-        if not 1 <= max_new_tokens <= 1024: raise ValueError(f"max_new_tokens must be in 1..1024, got {max_new_tokens}")
-        results, todo = [None] * len(questions), []
-        for i, q in enumerate(questions):
-            rid = uuid.uuid4().hex
-            verdict = check_prompt(q)
-            if verdict.refused: results[i] = self._refusal(rid, REFUSAL); continue
-            hits = self.retriever.search(q, k)
-            if check_grounding(self.top_similarity(q), self.min_similarity).refused:
-                results[i] = self._refusal(rid, NO_CONTEXT, hits); continue
-            todo.append((i, rid, q, hits))
-        if todo:
-            outs = generate(self.model, self.tokenizer, [build_messages(q, [h.text for h in hits]) for _, _, q, hits in todo],
-                            max_new_tokens)
-            for (i, rid, q, hits), o in zip(todo, outs):
-                results[i] = {"request_id": rid, "answer": o["answer"], "sources": [h.to_dict() for h in hits],
-                              "refused": False, "usage": {"prompt_tokens": o["prompt_tokens"],
-                                                          "completion_tokens": o["completion_tokens"]},
-                              "lineage": self.lineage_public}
-        return results
+        "Answers to several questions, generated together."
+        self._check_tokens(max_new_tokens)
+        preps = [self.prepare(q, k) for q in questions]
+        todo = [p for p in preps if isinstance(p, Prepared)]
+        gens = iter(self.engine.generate([p.messages for p in todo], max_new_tokens) if todo else [])
+        return [self.finish(p, next(gens)) if isinstance(p, Prepared) else p for p in preps]
 
     def ask(self, question: str, k: int = 4, max_new_tokens: int = 128) -> dict:
         "Answer one question with its sources, refusal flag, token usage and lineage."
         return self.ask_many([question], k, max_new_tokens)[0]
+
+    async def aask(self, question: str, k: int = 4, max_new_tokens: int = 128) -> dict:
+        "`ask` for an event loop: retrieval runs in a worker thread, generation is awaited."
+        self._check_tokens(max_new_tokens)
+        prep = await asyncio.to_thread(self.prepare, question, k)
+        if not isinstance(prep, Prepared):
+            return prep
+        return self.finish(prep, await self.engine.agenerate(prep.messages, max_new_tokens))
+
+    async def astream(self, question: str, k: int = 4, max_new_tokens: int = 128) -> AsyncIterator[tuple[str, object]]:
+        "Events `('sources', hits)`, `('delta', text)`..., then `('done', answer)`, the answer scrubbed on the way."
+        self._check_tokens(max_new_tokens)
+        prep = await asyncio.to_thread(self.prepare, question, k)
+        if not isinstance(prep, Prepared):
+            yield "done", prep
+            return
+        yield "sources", [h.to_dict() for h in prep.hits]
+        scrubber = StreamScrubber()
+        async for piece in self.engine.astream(prep.messages, max_new_tokens):
+            if isinstance(piece, Generation):
+                rest = scrubber.flush()
+                if rest:
+                    yield "delta", rest
+                yield "done", self.finish(prep, piece)
+            elif text := scrubber.feed(piece):
+                yield "delta", text
+
+    def close(self) -> None:
+        self.engine.close()

@@ -5,20 +5,23 @@
 # %% ../../nbs/05_serve.ipynb #7df2865e
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
+import math
 import os
 import shutil
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal
 
 import bentoml
+from .core import atomic_write_json, detect_hardware, disable_telemetry, resolve_path, stage_io
 from pydantic import BaseModel, Field
-
-from .core import atomic_write_json, disable_telemetry, resolve_path, stage_io
 
 with bentoml.importing():
     from lab2prod.rag import RagChain
@@ -26,8 +29,37 @@ with bentoml.importing():
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'GPU', 'SourceOut', 'UsageOut', 'LineageOut', 'AskOut', 'RetrieveOut', 'FeedbackOut', 'RequestLog',
-           'served_lineage', 'GatewayMiddleware', 'Lab2Prod', 'check_gate', 'stage_bento', 'build_bento']
+__all__ = ['log', 'TOKENS', 'TTFT', 'IN_FLIGHT', 'RETRIEVE_BATCH', 'GUARDRAIL', 'PII', 'TOP_SIMILARITY', 'REJECTED', 'OPEN_PATHS',
+           'JSON_ROUTES', 'GATEWAY_ERRORS', 'GPU', 'OPENAI_APP', 'ServiceSettings', 'load_settings', 'SourceOut',
+           'UsageOut', 'LineageOut', 'AskOut', 'RetrieveOut', 'FeedbackOut', 'ChatMessage', 'ChatRequest', 'RequestLog',
+           'MicroBatcher', 'count_answer', 'error_body', 'validation_detail', 'rewrite_error', 'BodyTooLarge',
+           'Gateway', 'document_gateway', 'served_lineage', 'chat_question', 'chat_completion', 'chat_chunk',
+           'openai_error', 'build_openai_app', 'Lab2Prod', 'ask_record', 'check_gate', 'stage_bento', 'build_bento']
+
+# %% ../../nbs/05_serve.ipynb #2cdc5a58
+class ServiceSettings(BaseModel):
+    "The service's knobs, read from `LAB2PROD_*` environment variables."
+    artifacts: str = Field("artifacts", description="LAB2PROD_ARTIFACTS: the run whose index, engine and model are served")
+    base_model: str | None = Field(None, description="LAB2PROD_BASE_MODEL: override the base model (a Bento's own copy)")
+    generation_backend: str | None = Field(None, description="LAB2PROD_GENERATION_BACKEND: override engine.json's backend")
+    log_dir: str | None = Field(None, description="LAB2PROD_LOG_DIR: request log folder (default <artifacts>/logs)")
+    log_max_bytes: int = Field(50_000_000, gt=0, description="LAB2PROD_LOG_MAX_BYTES: a log file rotates past this size")
+    rate_limit: str = Field("20/second;600/minute", description="LAB2PROD_RATE_LIMIT: per client, in the limits library's notation")
+    deadline_s: float = Field(120.0, gt=0, description="LAB2PROD_DEADLINE_S: a request without a response by then gets 504")
+    max_body_bytes: int = Field(262_144, gt=0, description="LAB2PROD_MAX_BODY_BYTES: larger bodies get 413")
+    batch_max_size: int = Field(32, ge=1, description="LAB2PROD_BATCH_MAX_SIZE: /retrieve queries embedded together")
+    batch_max_latency_ms: float = Field(2.0, ge=0, description="LAB2PROD_BATCH_MAX_LATENCY_MS: wait for company this long")
+    gpu: Literal["auto", "on", "off"] = Field("auto", description="LAB2PROD_GPU: ask BentoML for a GPU (auto: when one is here)")
+
+
+def load_settings(env: dict | None = None) -> ServiceSettings:
+    "Settings from `env` (default: the process environment); an invalid value raises naming its variable."
+    env = os.environ if env is None else env
+    raw = {name: env[f"LAB2PROD_{name.upper()}"] for name in ServiceSettings.model_fields if f"LAB2PROD_{name.upper()}" in env}
+    try:
+        return ServiceSettings.model_validate(raw)
+    except Exception as e:
+        raise ValueError(f"bad service setting: {e}".replace("\n", " ")) from None
 
 # %% ../../nbs/05_serve.ipynb #252d1fa2
 class SourceOut(BaseModel):
@@ -44,6 +76,7 @@ class UsageOut(BaseModel):
 class LineageOut(BaseModel):
     model: str | None = Field(None, description="base model")
     adapter: str | None = Field(None, description="registered adapter version, if any")
+    engine: str | None = Field(None, description="generation backend that produced the answer")
     index: str | None = Field(None, description="hash prefix of the data the index was built from")
     prompt: str | None = Field(None, description="prompt version (hash of the system prompt)")
     git_commit: str | None = None
@@ -65,73 +98,391 @@ class RetrieveOut(BaseModel):
 class FeedbackOut(BaseModel):
     ok: bool = True
 
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: Annotated[str, Field(max_length=16000)] | None = None
+
+
+class ChatRequest(BaseModel):
+    "OpenAI's chat-completions request; the last user message is the question, sampling fields are accepted and ignored (greedy)."
+    model: str = "lab2prod-rag"
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=64)]
+    stream: bool = False
+    max_tokens: Annotated[int, Field(ge=1, le=512)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=512)] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: Annotated[int, Field(ge=1, le=1)] = 1
+    stream_options: dict | None = None
+    user: str | None = None
+
 # %% ../../nbs/05_serve.ipynb #703bb7f8
 class RequestLog:
-    "Append-only JSON-lines log of requests and feedback."
+    "Append-only, size-rotated JSON-lines logs of requests and feedback."
 
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | os.PathLike, max_bytes: int = 50_000_000):
+        self.folder, self.max_bytes = Path(folder), max_bytes
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
     def append(self, name: str, record: dict) -> None:
-        line = json.dumps({"time": datetime.now(timezone.utc).isoformat(), **record}, ensure_ascii=False, default=str)
-        with self._lock, open(self.folder / name, "a", encoding="utf-8") as f:
-            f.write(line + "\n"); f.flush(); os.fsync(f.fileno())
+        "Append one record to the log `name`, durable when this returns."
+        line = json.dumps({"time": datetime.now(timezone.utc).isoformat(), **record}, ensure_ascii=False, default=str) + "\n"
+        with self._lock:
+            path = self.folder / name
+            if path.exists() and path.stat().st_size + len(line) > self.max_bytes:
+                self._rotate(path)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def _rotate(self, path: Path) -> Path:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        target = path.with_name(f"{path.stem}-{stamp}{path.suffix}")
+        os.replace(path, target)
+        return target
+
+# %% ../../nbs/05_serve.ipynb #e67d9516
+class MicroBatcher:
+    "Gather concurrent `submit` calls into one call of `fn` over a list, run in a worker thread."
+
+    def __init__(self, fn, max_batch_size: int = 32, max_latency_ms: float = 2.0, on_batch=None):
+        self.fn, self.max_batch_size, self.max_latency = fn, max_batch_size, max_latency_ms / 1000
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+
+    async def submit(self, item):
+        "The result of `fn` for `item`, computed in a batch with whatever else is waiting."
+        if self._worker is None or self._worker.done():
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.create_task(self._run())
+        fut = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, fut))
+        return await fut
+
+    async def _collect(self) -> list:
+        batch = [await self._queue.get()]
+        deadline = time.monotonic() + self.max_latency
+        while len(batch) < self.max_batch_size:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), wait))
+            except asyncio.TimeoutError:
+                break
+        return [(item, fut) for item, fut in batch if not fut.done()]
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._collect()
+            if not batch:
+                continue
+            if self.on_batch:
+                self.on_batch(len(batch))
+            items = [item for item, _ in batch]
+            try:
+                results = await asyncio.to_thread(self.fn, items)
+            except Exception:  # one bad item must not fail its neighbours: retry them one by one
+                results = [await asyncio.to_thread(self._one, item) for item in items]
+            for (_, fut), res in zip(batch, results):
+                if fut.done():
+                    continue
+                if isinstance(res, BaseException):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+
+    def _one(self, item):
+        try:
+            return self.fn([item])[0]
+        except Exception as e:
+            return e
+
+# %% ../../nbs/05_serve.ipynb #74f86943
+TOKENS = bentoml.metrics.Counter(name="lab2prod_tokens_total", documentation="Tokens processed by the engine",
+                                 labelnames=["kind"])
+TTFT = bentoml.metrics.Histogram(name="lab2prod_time_to_first_token_seconds", documentation="Time to the first answer token",
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+IN_FLIGHT = bentoml.metrics.Gauge(name="lab2prod_generations_in_flight", documentation="Answers being generated now",
+                                  multiprocess_mode="livesum")
+RETRIEVE_BATCH = bentoml.metrics.Histogram(name="lab2prod_retrieve_batch_size", documentation="Queries embedded together",
+                                           buckets=(1, 2, 4, 8, 16, 32, 64))
+GUARDRAIL = bentoml.metrics.Counter(name="lab2prod_guardrail_decisions_total", documentation="Guardrail decisions",
+                                    labelnames=["decision", "category"])
+PII = bentoml.metrics.Counter(name="lab2prod_pii_scrubbed_total", documentation="Personal data removed", labelnames=["kind"])
+TOP_SIMILARITY = bentoml.metrics.Histogram(name="lab2prod_retrieval_top_similarity", documentation="Cosine similarity of the best chunk",
+                                           buckets=(0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
+REJECTED = bentoml.metrics.Counter(name="lab2prod_http_rejections_total", documentation="Requests the gateway turned away",
+                                   labelnames=["status"])
+
+
+def count_answer(out: dict) -> None:
+    "Update the metrics for one answer (or refusal) of the chain."
+    guard = out.get("guardrail") or {}
+    GUARDRAIL.labels(decision="refused" if out["refused"] else "answered", category=guard.get("category") or "none").inc()
+    for kind in guard.get("pii", []):
+        PII.labels(kind=kind).inc()
+    TOKENS.labels(kind="prompt").inc(out["usage"]["prompt_tokens"])
+    TOKENS.labels(kind="completion").inc(out["usage"]["completion_tokens"])
+    if (out.get("timing") or {}).get("ttft_s") is not None:
+        TTFT.observe(out["timing"]["ttft_s"])
+    if out.get("top_similarity") is not None:
+        TOP_SIMILARITY.observe(out["top_similarity"])
+
+# %% ../../nbs/05_serve.ipynb #a42e0371
+OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json")
+JSON_ROUTES = ("/ask", "/retrieve", "/feedback", "/v1/chat/completions")
+GATEWAY_ERRORS = {"401": "Unauthorized", "413": "PayloadTooLarge", "415": "UnsupportedMediaType", "429": "TooManyRequests",
+                  "504": "GatewayTimeout"}
+
+
+def error_body(error: str, detail: str) -> bytes:
+    return json.dumps({"error": error, "detail": detail}).encode()
+
+
+def validation_detail(body: dict) -> str:
+    "One line naming each bad field of a pydantic/FastAPI validation error body."
+    parts = []
+    for e in body.get("detail", []):
+        loc = ".".join(str(x) for x in e.get("loc", []) if x not in ("body", "query"))
+        parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def rewrite_error(status: int, content_type: str, body: bytes) -> tuple[int, bytes]:
+    "An error response in the documented `{error, detail}` shape (validation failures become 400 naming the field)."
+    try:
+        parsed = json.loads(body) if "json" in content_type else None
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and "error" in parsed and isinstance(parsed.get("detail", ""), str):
+        return status, body
+    if isinstance(parsed, dict) and isinstance(parsed.get("detail"), list):
+        return 400, error_body("InvalidArgument", validation_detail(parsed))
+    text = parsed.get("detail") if isinstance(parsed, dict) else body.decode("utf-8", "replace").strip()
+    names = {400: "InvalidArgument", 404: "NotFound", 405: "MethodNotAllowed", 422: "InvalidArgument"}
+    return (400 if status == 422 else status), error_body(names.get(status, "BadRequest"), str(text or "bad request")[:500])
+
+# %% ../../nbs/05_serve.ipynb #34e9bdfb
+class BodyTooLarge(Exception):
+    pass
+
+
+class Gateway:
+    "ASGI middleware: auth, rate limit, content type, body size, deadline, and documented error bodies."
+
+    def __init__(self, app, settings: ServiceSettings | None = None):
+        from limits import parse_many
+        from limits.storage import MemoryStorage
+        from limits.strategies import MovingWindowRateLimiter
+        self.app, self.settings = app, settings or load_settings()
+        self.limits = parse_many(self.settings.rate_limit)
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"] == "/lineage":  # the mounted app would otherwise redirect to /lineage/
+            scope = dict(scope, path="/lineage/", raw_path=b"/lineage/")
+        if scope["path"].startswith(OPEN_PATHS):
+            if scope["path"] == "/docs.json":
+                return await self._documented(scope, receive, send)
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        refusal = self._refuse(scope, headers)
+        if refusal is not None:
+            status, error, detail, extra = refusal
+            REJECTED.labels(status=str(status)).inc()
+            return await _send_json(send, status, error_body(error, detail), extra)
+        await self._with_deadline(scope, receive, send)
+
+    def _refuse(self, scope, headers: dict) -> tuple[int, str, str, dict] | None:
+        key = os.environ.get("LAB2PROD_API_KEY")
+        auth = headers.get("authorization", "")
+        if key and not hmac.compare_digest(auth.encode(), f"Bearer {key}".encode()):
+            return 401, "Unauthorized", "Authorization: Bearer <key> required", {"www-authenticate": "Bearer"}
+        client = auth or (scope.get("client") or ("unknown",))[0]
+        for item in self.limits:
+            if not self.limiter.hit(item, client):
+                reset = self.limiter.get_window_stats(item, client).reset_time
+                retry = max(1, math.ceil(reset - time.time()))
+                return 429, "TooManyRequests", f"rate limit {item} exceeded; retry in {retry} s", {"retry-after": str(retry)}
+        if scope["method"] == "POST" and scope["path"] in JSON_ROUTES:
+            ctype = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                return 415, "UnsupportedMediaType", f"Content-Type must be application/json, got {ctype!r}", {}
+            length = headers.get("content-length", "0")
+            if length.isdigit() and int(length) > self.settings.max_body_bytes:
+                return 413, "PayloadTooLarge", f"body of {length} bytes is over the limit of {self.settings.max_body_bytes}", {}
+        return None
+
+    async def _with_deadline(self, scope, receive, send):
+        state = {"started": False, "rewrite": None, "seen": 0}
+        limit = self.settings.max_body_bytes
+        rewrite = not scope["path"].startswith("/v1")  # the OpenAI routes answer in OpenAI's own error format
+
+        async def counting_receive():
+            message = await receive()
+            state["seen"] += len(message.get("body", b""))
+            if state["seen"] > limit:
+                raise BodyTooLarge()
+            return message
+
+        async def guarded_send(message):
+            if message["type"] == "http.response.start":
+                state["started"] = True
+                hdrs = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
+                if rewrite and 400 <= message["status"] < 500:
+                    state["rewrite"] = {"status": message["status"], "ctype": hdrs.get("content-type", ""), "body": b""}
+                    return
+            elif message["type"] == "http.response.body" and state["rewrite"] is not None:
+                state["rewrite"]["body"] += message.get("body", b"")
+                if message.get("more_body"):
+                    return
+                r = state["rewrite"]
+                status, body = rewrite_error(r["status"], r["ctype"], r["body"])
+                return await _send_json(send, status, body)
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.app(scope, counting_receive, guarded_send), self.settings.deadline_s)
+        except asyncio.TimeoutError:
+            REJECTED.labels(status="504").inc()
+            if not state["started"]:
+                await _send_json(send, 504, error_body("GatewayTimeout", f"no response within {self.settings.deadline_s:g} s"))
+        except BodyTooLarge:
+            REJECTED.labels(status="413").inc()
+            if not state["started"]:
+                await _send_json(send, 413, error_body("PayloadTooLarge", f"body is over the limit of {limit} bytes"))
+
+    async def _documented(self, scope, receive, send):
+        "BentoML's OpenAPI document, with the gateway's own statuses declared on every operation."
+        chunks = []
+
+        async def capture(message):
+            if message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        doc = json.loads(b"".join(chunks))
+        await _send_json(send, 200, json.dumps(document_gateway(doc)).encode())
+
+
+async def _send_json(send, status: int, body: bytes, headers: dict | None = None) -> None:
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": body})
+
+
+def document_gateway(doc: dict) -> dict:
+    "Declare the gateway's statuses (401, 413, 415, 429, 504) with the shared error schema on every operation."
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("GatewayError", {"type": "object", "required": ["error"],
+                                        "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}})
+    ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/GatewayError"}}}}
+    for path, ops in doc.get("paths", {}).items():
+        if path.startswith(OPEN_PATHS):
+            continue
+        for op in ops.values():
+            if isinstance(op, dict) and "responses" in op:
+                for status, name in GATEWAY_ERRORS.items():
+                    op["responses"].setdefault(status, {"description": name, **ref})
+    return doc
 
 # %% ../../nbs/05_serve.ipynb #2b125007
 def served_lineage(artifacts: Path) -> dict:
     "The lineage.json files of the served artifacts."
     out = {}
-    for name in ("data", "index", "model", "eval"):
+    for name in ("data", "index", "model", "engine", "eval"):
         p = artifacts / name / "lineage.json"
-        if p.exists(): out[name] = json.loads(p.read_text())
+        if p.exists():
+            out[name] = json.loads(p.read_text())
     gate = artifacts / "eval" / "gate.json"
-    if gate.exists(): out["gate"] = json.loads(gate.read_text())
+    if gate.exists():
+        out["gate"] = json.loads(gate.read_text())
     return out
 
 
 def _lineage_app():
     "A bare ASGI app (no router, so `/lineage` answers without a redirect to `/lineage/`)."
     from starlette.responses import JSONResponse
+
     async def app(scope, receive, send):
-        if scope["type"] != "http": return
+        if scope["type"] != "http":
+            return
         if scope["method"] not in ("GET", "HEAD"):
             response = JSONResponse({"error": "MethodNotAllowed", "detail": "use GET"}, status_code=405)
         else:
-            art = resolve_path(os.environ.get("LAB2PROD_ARTIFACTS", "artifacts"))
-            response = JSONResponse(served_lineage(art) | {"skew": _STATE.get("skew")})
+            art = resolve_path(load_settings().artifacts)
+            response = JSONResponse(served_lineage(art) | {"skew": _STATE.get("skew"), "serving": _STATE.get("serving")})
         await response(scope, receive, send)
     return app
 
 
-class GatewayMiddleware:
-    "ASGI middleware: `/lineage` without a redirect, and bearer-token auth when LAB2PROD_API_KEY is set."
-    OPEN = ("/livez", "/readyz", "/healthz", "/metrics")
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            if scope["path"] == "/lineage": scope = dict(scope, path="/lineage/", raw_path=b"/lineage/")
-            key = os.environ.get("LAB2PROD_API_KEY")
-            if key and not scope["path"].startswith(self.OPEN):
-                import hmac
-                auth = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-                if not hmac.compare_digest(auth, f"Bearer {key}"):
-                    from starlette.responses import JSONResponse
-                    return await JSONResponse({"error": "Unauthorized", "detail": "Authorization: Bearer <key> required"},
-                                              status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
-        await self.app(scope, receive, send)
-
-
 _STATE: dict = {}
-GPU = shutil.which("nvidia-smi") is not None
+_SETTINGS = load_settings()
+GPU = _SETTINGS.gpu == "on" or (_SETTINGS.gpu == "auto" and shutil.which("nvidia-smi") is not None)
+
+# %% ../../nbs/05_serve.ipynb #70e9b4bc
+def chat_question(messages: list[ChatMessage]) -> str:
+    "The question of a chat: the last user message's text (earlier turns are context the chain does not use)."
+    for m in reversed(messages):
+        if m.role == "user" and m.content and m.content.strip():
+            return m.content
+    raise ValueError("messages: no user message with text")
 
 
-@bentoml.service(name="lab2prod", resources={"gpu": 1} if GPU else {"cpu": "2"}, traffic={"timeout": 300})
+def chat_completion(out: dict, model: str) -> dict:
+    "An OpenAI chat.completion object for one answer of the chain."
+    usage = out["usage"]
+    return {"id": f"chatcmpl-{out['request_id']}", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": out["answer"]},
+                         "finish_reason": out.get("finish_reason") if out.get("finish_reason") == "length" else "stop"}],
+            "usage": {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]},
+            "lab2prod": {k: out[k] for k in ("request_id", "sources", "refused", "lineage")}}
+
+
+def chat_chunk(rid: str, model: str, delta: dict, finish: str | None = None, **extra) -> str:
+    "One server-sent event of a streamed chat completion."
+    body = {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def openai_error(status: int, message: str, param: str | None = None):
+    from starlette.responses import JSONResponse
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}},
+                        status_code=status)
+
+
+def build_openai_app():
+    "A FastAPI app for `/v1`; the service binds its routes to the chain when a worker starts."
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    app = FastAPI(title="lab2prod OpenAI-compatible API", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_, exc: RequestValidationError):
+        return openai_error(400, validation_detail({"detail": exc.errors()}),
+                            ".".join(str(x) for x in exc.errors()[0]["loc"][1:]) if exc.errors() else None)
+    return app
+
+# %% ../../nbs/05_serve.ipynb #f025830b
+OPENAI_APP = build_openai_app()
+
+
+@bentoml.service(name="lab2prod", resources={"gpu": 1} if GPU else {"cpu": str(detect_hardware().cores)},
+                 traffic={"timeout": max(300, int(_SETTINGS.deadline_s) + 30), "max_concurrency": 512})
 @bentoml.asgi_app(_lineage_app(), path="/lineage")
+@bentoml.asgi_app(OPENAI_APP, path="/v1")
 class Lab2Prod:
     "RAG answers, retrieval and feedback over one artifacts folder."
 
@@ -139,52 +490,134 @@ class Lab2Prod:
     def verify_artifacts() -> None:
         "Once, before any worker starts: refuse to serve an index that does not match its manifest."
         from lab2prod.index import verify_index
-        verify_index(resolve_path(os.environ.get("LAB2PROD_ARTIFACTS", "artifacts")) / "index")
+        verify_index(resolve_path(load_settings().artifacts) / "index")
 
     def __init__(self) -> None:
         disable_telemetry()
-        self.artifacts = resolve_path(os.environ.get("LAB2PROD_ARTIFACTS", "artifacts"))
-        self.chain = RagChain.load(self.artifacts, os.environ.get("LAB2PROD_BASE_MODEL") or None)
-        self.log = RequestLog(os.environ.get("LAB2PROD_LOG_DIR") or self.artifacts / "logs")
-        _STATE["skew"] = {"index_in_step": self.chain.lineage.get("index_in_step")}
+        self.settings = load_settings()
+        self.artifacts = resolve_path(self.settings.artifacts)
+        self.chain = RagChain.load(self.artifacts, self.settings.base_model, self.settings.generation_backend)
+        self.log = RequestLog(self.settings.log_dir or self.artifacts / "logs", self.settings.log_max_bytes)
+        self.batcher = MicroBatcher(self._search_batch, self.settings.batch_max_size, self.settings.batch_max_latency_ms,
+                                    on_batch=RETRIEVE_BATCH.observe)
+        self.n_chunks = len(self.chain.retriever)
+        serving = self.chain.engine.describe() | {"gpu": detect_hardware().gpu, "cpu": detect_hardware().cpu,
+                                                  "embedding_backend": self.chain.lineage.get("embedding_backend")}
+        _STATE.update(skew={"index_in_step": self.chain.lineage.get("index_in_step")}, serving=serving)
+        log.warning("lab2prod serving on %s with engine %s (%s, adapter %s); embeddings on %s",
+                    serving.get("gpu") or f"CPU {serving['cpu']}", serving["backend"], serving.get("precision"),
+                    serving.get("adapter_version"), serving["embedding_backend"])
         if self.chain.lineage.get("index_in_step") is False:
             log.warning("the index was built from other data than %s holds now", self.artifacts / "data")
+        OPENAI_APP.post("/chat/completions")(self.chat_completions)
+        OPENAI_APP.get("/models")(self.models)
+
+    def _search_batch(self, items: list[tuple[str, int]]) -> list:
+        return self.chain.retriever.search_many([q for q, _ in items], [k for _, k in items])
+
+    def _check(self, field: str, text: str, k: int) -> None:
+        if not text.strip():
+            raise bentoml.exceptions.InvalidArgument(f"{field}: must not be blank")
+        if k > self.n_chunks:
+            raise bentoml.exceptions.InvalidArgument(f"k: larger than the index ({self.n_chunks} chunks)")
+
+    async def _log(self, name: str, record: dict) -> None:
+        await asyncio.to_thread(self.log.append, name, record)
+
+    async def _answer(self, question: str, k: int, max_new_tokens: int, route: str) -> dict:
+        t0 = time.perf_counter()
+        IN_FLIGHT.inc()
+        try:
+            out = await self.chain.aask(question, k=k, max_new_tokens=max_new_tokens)
+        finally:
+            IN_FLIGHT.dec()
+        count_answer(out)
+        await self._log("requests.jsonl", ask_record(out, route, k, time.perf_counter() - t0))
+        return out
 
     @bentoml.api
-    def ask(self, question: Annotated[str, Field(min_length=1, max_length=4000)],
-            k: Annotated[int, Field(ge=1, le=20)] = 4,
-            max_new_tokens: Annotated[int, Field(ge=1, le=512)] = 128) -> AskOut:
+    async def ask(self, question: Annotated[str, Field(min_length=1, max_length=4000)],
+                  k: Annotated[int, Field(ge=1, le=20)] = 4,
+                  max_new_tokens: Annotated[int, Field(ge=1, le=512)] = 128) -> AskOut:
         "Answer a question from the documentation, with sources and lineage."
-        if not question.strip(): raise bentoml.exceptions.InvalidArgument("question: must not be blank")
-        if k > len(self.chain.retriever): raise bentoml.exceptions.InvalidArgument(f"k: larger than the index ({len(self.chain.retriever)} chunks)")
-        t0 = time.perf_counter()
-        out = self.chain.ask(question, k=k, max_new_tokens=max_new_tokens)
-        self.log.append("requests.jsonl", {"route": "ask", "question": question, "k": k, "latency_s": round(time.perf_counter() - t0, 4),
-                                           **{key: out[key] for key in ("request_id", "answer", "refused", "usage", "lineage")},
-                                           "sources": [(s["source"], s["score"]) for s in out["sources"]]})
-        return AskOut.model_validate(out)
+        self._check("question", question, k)
+        return AskOut.model_validate(await self._answer(question, k, max_new_tokens, "ask"))
 
     @bentoml.api
-    def retrieve(self, query: Annotated[str, Field(min_length=1, max_length=4000)],
-                 k: Annotated[int, Field(ge=1, le=50)] = 4) -> RetrieveOut:
-        "The k best chunks for a query."
-        if not query.strip(): raise bentoml.exceptions.InvalidArgument("query: must not be blank")
-        if k > len(self.chain.retriever): raise bentoml.exceptions.InvalidArgument(f"k: larger than the index ({len(self.chain.retriever)} chunks)")
+    async def retrieve(self, query: Annotated[str, Field(min_length=1, max_length=4000)],
+                       k: Annotated[int, Field(ge=1, le=50)] = 4) -> RetrieveOut:
+        "The k best chunks for a query (concurrent queries are embedded as one batch)."
+        self._check("query", query, k)
         t0 = time.perf_counter()
-        hits = self.chain.retriever.search(query, k)
-        self.log.append("requests.jsonl", {"route": "retrieve", "question": query, "k": k, "latency_s": round(time.perf_counter() - t0, 4),
+        hits = await self.batcher.submit((query, k))
+        from lab2prod.guardrails import scrub_pii
+        await self._log("requests.jsonl", {"route": "retrieve", "question": scrub_pii(query)[0], "k": k,
+                                           "latency_s": round(time.perf_counter() - t0, 4),
                                            "sources": [(h.source, h.score) for h in hits]})
         return RetrieveOut(hits=[SourceOut(**h.to_dict()) for h in hits])
 
     @bentoml.api
-    def feedback(self, request_id: Annotated[str, Field(min_length=1, max_length=64)], rating: Literal[-1, 1],
-                 comment: Annotated[str, Field(max_length=4000)] = "") -> FeedbackOut:
+    async def feedback(self, request_id: Annotated[str, Field(min_length=1, max_length=64)], rating: Literal[-1, 1],
+                       comment: Annotated[str, Field(max_length=4000)] = "") -> FeedbackOut:
         "Record a user's rating of an answer."
-        self.log.append("feedback.jsonl", {"request_id": request_id, "rating": rating, "comment": comment})
+        from lab2prod.guardrails import scrub_pii
+        await self._log("feedback.jsonl", {"request_id": request_id, "rating": rating, "comment": scrub_pii(comment)[0]})
         return FeedbackOut(ok=True)
 
+    async def models(self):
+        "OpenAI's model list: the one RAG model this service answers with."
+        return {"object": "list", "data": [{"id": "lab2prod-rag", "object": "model", "owned_by": "lab2prod"}]}
 
-Lab2Prod.add_asgi_middleware(GatewayMiddleware)
+    async def chat_completions(self, body: ChatRequest):
+        "OpenAI chat completions answered by the RAG chain (streamed as server-sent events with `stream: true`)."
+        from starlette.responses import StreamingResponse
+        try:
+            question = chat_question(body.messages)
+        except ValueError as e:
+            return openai_error(400, str(e), "messages")
+        if len(question) > 4000:
+            return openai_error(400, "messages: the question is longer than 4000 characters", "messages")
+        max_new = body.max_completion_tokens or body.max_tokens or 128
+        if not body.stream:
+            return chat_completion(await self._answer(question, 4, max_new, "chat"), body.model)
+        return StreamingResponse(self._chat_events(question, max_new, body), media_type="text/event-stream")
+
+    async def _chat_events(self, question: str, max_new: int, body: ChatRequest):
+        rid, t0 = uuid.uuid4().hex, time.perf_counter()
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        IN_FLIGHT.inc()
+        try:
+            async for kind, value in self.chain.astream(question, k=4, max_new_tokens=max_new):
+                if kind == "sources":
+                    yield chat_chunk(rid, body.model, {"role": "assistant", "content": ""})
+                elif kind == "delta":
+                    yield chat_chunk(rid, body.model, {"content": value})
+                else:
+                    out = value
+                    if out["refused"]:
+                        yield chat_chunk(rid, body.model, {"role": "assistant", "content": out["answer"]})
+                    finish = "length" if out.get("finish_reason") == "length" else "stop"
+                    yield chat_chunk(rid, body.model, {}, finish,
+                                     lab2prod={k: out[k] for k in ("request_id", "sources", "refused", "lineage")})
+                    if include_usage:
+                        usage = out["usage"] | {"total_tokens": out["usage"]["prompt_tokens"] + out["usage"]["completion_tokens"]}
+                        yield f"data: {json.dumps({'id': f'chatcmpl-{rid}', 'object': 'chat.completion.chunk', 'created': int(time.time()), 'model': body.model, 'choices': [], 'usage': usage})}\n\n"
+        finally:
+            IN_FLIGHT.dec()
+        count_answer(out)
+        await self._log("requests.jsonl", ask_record(out, "chat-stream", 4, time.perf_counter() - t0))
+        yield "data: [DONE]\n\n"
+
+
+def ask_record(out: dict, route: str, k: int, seconds: float) -> dict:
+    "The request-log record of one answer: scrubbed question, answer, sources, latency, tokens, engine, versions."
+    return {"route": route, "question": out.get("question"), "k": k, "latency_s": round(seconds, 4),
+            **{key: out.get(key) for key in ("request_id", "answer", "refused", "usage", "lineage", "guardrail", "timing",
+                                               "top_similarity")},
+            "sources": [(s["source"], s["score"]) for s in out["sources"]]}
+
+
+Lab2Prod.add_asgi_middleware(Gateway)
 
 # %% ../../nbs/05_serve.ipynb #86002e68
 def check_gate(gate_path: str | os.PathLike) -> dict:
@@ -204,10 +637,13 @@ def stage_bento(artifacts: Path, ctx: Path, root: Path) -> Path:
     import yaml
     from lab2prod.core import resolve_model
     shutil.rmtree(ctx, ignore_errors=True)
-    for name in ("index", "model", "eval", "data/lineage.json"):
+    for name in ("index", "model", "engine", "eval", "data/lineage.json"):
         src = artifacts / name
-        if src.is_dir(): shutil.copytree(src, ctx / "artifacts" / name, ignore=shutil.ignore_patterns(".*"))
-        elif src.exists(): (ctx / "artifacts" / name).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(src, ctx / "artifacts" / name)
+        if src.is_dir():
+            shutil.copytree(src, ctx / "artifacts" / name, ignore=shutil.ignore_patterns(".*"))
+        elif src.exists():
+            (ctx / "artifacts" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, ctx / "artifacts" / name)
     base = json.loads((artifacts / "model" / "lineage.json").read_text())["params"]["base_model"]
     spec = resolve_model("llm", base)
     envs = [{"name": "LAB2PROD_ARTIFACTS", "value": "artifacts"}]
