@@ -11,14 +11,23 @@ import os
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from .core import (atomic_write_bytes, atomic_write_json, atomic_write_jsonl, build_lineage,
-                           get_profile, read_jsonl, resolve_model, resolve_path, stage_io, write_lineage)
+from lab2prod.core import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_jsonl,
+    build_lineage,
+    get_profile,
+    read_jsonl,
+    resolve_model,
+    resolve_path,
+    stage_io,
+    write_lineage,
+)
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,17 @@ import random
 import time
 from pathlib import Path
 
-from .core import (atomic_write_json, build_lineage, choose_train_precision, get_profile, load_model, read_jsonl, stage_io,
-                           start_mlflow_run, write_lineage)
+from lab2prod.core import (
+    atomic_write_json,
+    build_lineage,
+    choose_train_precision,
+    get_profile,
+    load_model,
+    read_jsonl,
+    stage_io,
+    start_mlflow_run,
+    write_lineage,
+)
 from .rag import build_messages
 
 log = logging.getLogger(__name__)

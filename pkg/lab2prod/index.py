@@ -20,9 +20,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (atomic_write_json, build_lineage, choose_embedding_backend, detect_hardware, file_hash,
-                           load_model,
-                           read_jsonl, resolve_model, stage_io, start_mlflow_run, write_lineage)
+from lab2prod.core import (
+    atomic_write_json,
+    build_lineage,
+    choose_embedding_backend,
+    detect_hardware,
+    file_hash,
+    load_model,
+    read_jsonl,
+    resolve_model,
+    stage_io,
+    start_mlflow_run,
+    write_lineage,
+)
 
 log = logging.getLogger(__name__)
 

@@ -23,19 +23,27 @@ from .index import Hit, Retriever, check_skew
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SYSTEM_PROMPT', 'PROMPT_VERSION', 'MAX_CONTEXT_CHARS', 'build_messages', 'Prepared', 'guardrail_record',
-           'read_json_or_none', 'RagChain']
+__all__ = ['log', 'SYSTEM_PROMPT', 'PROMPT_VERSION', 'MAX_CONTEXT_CHARS', 'MAX_PROMPT_CONTEXT_CHARS', 'build_messages',
+           'Prepared', 'guardrail_record', 'read_json_or_none', 'RagChain']
 
 # %% ../../nbs/03b_rag.ipynb #91986779
 SYSTEM_PROMPT = ("You answer questions about a software product using only the numbered context passages. "
                  "Answer in one or two sentences. If the context does not contain the answer, say you don't know.")
 PROMPT_VERSION = hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:12]
 MAX_CONTEXT_CHARS = 1200  # per passage: keeps the prompt inside a small model's useful window
+MAX_PROMPT_CONTEXT_CHARS = 9000  # all passages together (about 2,300 tokens): the prompt fits the engine's context at any k
 
 
 def build_messages(question: str, passages: list[str]) -> list[dict]:
-    "Chat messages for `question` with numbered context `passages`."
-    context = "\n\n".join(f"[{i}] {p[:MAX_CONTEXT_CHARS]}" for i, p in enumerate(passages, 1))
+    "Chat messages for `question` with numbered context `passages` (best first, cut to the prompt's budget)."
+    budget, parts = MAX_PROMPT_CONTEXT_CHARS, []
+    for i, p in enumerate(passages, 1):
+        text = p[:min(MAX_CONTEXT_CHARS, budget)]
+        if not text:
+            break
+        parts.append(f"[{i}] {text}")
+        budget -= len(text)
+    context = "\n\n".join(parts)
     return [{"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}]
 
@@ -48,6 +56,7 @@ class Prepared:
     hits: list[Hit] = field(repr=False)
     messages: list[dict] = field(repr=False)
     pii: list[str]
+    top_similarity: float | None = None
 
 
 def guardrail_record(category: str = "", rule: str = "", pii: list[str] | None = None) -> dict:
@@ -93,9 +102,10 @@ class RagChain:
     def lineage_public(self) -> dict:
         return {k: self.lineage.get(k) for k in ("model", "adapter", "engine", "index", "prompt", "git_commit")}
 
-    def _refusal(self, rid: str, text: str, guard: dict, hits=()) -> dict:
+    def _refusal(self, rid: str, question: str, text: str, guard: dict, hits=(), top: float | None = None) -> dict:
         return {"request_id": rid, "answer": text, "sources": [h.to_dict() for h in hits], "refused": True,
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "lineage": self.lineage_public, "guardrail": guard}
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "lineage": self.lineage_public, "guardrail": guard,
+                "question": question, "top_similarity": top}
 
     def prepare(self, question: str, k: int = 4) -> Prepared | dict:
         "Scrub, guard and retrieve: a `Prepared` question, or the finished refusal."
@@ -104,12 +114,13 @@ class RagChain:
         pii = [f.kind for f in found]
         verdict = check_prompt(clean)
         if verdict.refused:
-            return self._refusal(rid, REFUSAL, guardrail_record(verdict.category, verdict.rule, pii))
+            return self._refusal(rid, clean, REFUSAL, guardrail_record(verdict.category, verdict.rule, pii))
         hits = self.retriever.search(clean, k)
-        grounding = check_grounding(self.top_similarity(clean), self.min_similarity)
+        top = self.top_similarity(clean)
+        grounding = check_grounding(top, self.min_similarity)
         if grounding.refused:
-            return self._refusal(rid, NO_CONTEXT, guardrail_record(grounding.category, grounding.rule, pii), hits)
-        return Prepared(rid, clean, hits, build_messages(clean, [h.text for h in hits]), pii)
+            return self._refusal(rid, clean, NO_CONTEXT, guardrail_record(grounding.category, grounding.rule, pii), hits, top)
+        return Prepared(rid, clean, hits, build_messages(clean, [h.text for h in hits]), pii, top)
 
     def finish(self, prep: Prepared, gen: Generation) -> dict:
         "The answer for a prepared question from the engine's generation, scrubbed of personal data."
@@ -117,7 +128,8 @@ class RagChain:
         return {"request_id": prep.request_id, "answer": answer, "sources": [h.to_dict() for h in prep.hits],
                 "refused": False, "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens},
                 "lineage": self.lineage_public, "guardrail": guardrail_record(pii=prep.pii + [f.kind for f in found]),
-                "timing": {"ttft_s": gen.ttft_s, "generate_s": gen.seconds}, "finish_reason": gen.finish_reason}
+                "timing": {"ttft_s": gen.ttft_s, "generate_s": gen.seconds}, "finish_reason": gen.finish_reason,
+                "question": prep.question, "top_similarity": prep.top_similarity}
 
     @staticmethod
     def _check_tokens(max_new_tokens: int) -> None:
@@ -151,6 +163,7 @@ class RagChain:
         if not isinstance(prep, Prepared):
             yield "done", prep
             return
+        self.engine.checked_ids(prep.messages, max_new_tokens)  # a prompt that cannot fit fails before anything streams
         yield "sources", [h.to_dict() for h in prep.hits]
         scrubber = StreamScrubber()
         async for piece in self.engine.astream(prep.messages, max_new_tokens):

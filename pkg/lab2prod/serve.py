@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import bentoml
-from .core import atomic_write_json, detect_hardware, disable_telemetry, resolve_path, stage_io
 from pydantic import BaseModel, Field
 
+from .core import atomic_write_json, detect_hardware, disable_telemetry, resolve_path, stage_io
+
 with bentoml.importing():
+    from lab2prod.engine import EngineError, PromptTooLong
     from lab2prod.rag import RagChain
 
 log = logging.getLogger(__name__)
@@ -108,12 +110,12 @@ class ChatRequest(BaseModel):
     "OpenAI's chat-completions request; the last user message is the question, sampling fields are accepted and ignored (greedy)."
     model: str = "lab2prod-rag"
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=64)]
-    stream: bool = False
-    max_tokens: Annotated[int, Field(ge=1, le=512)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1, le=512)] | None = None
+    stream: Annotated[bool, Field(strict=True)] = False
+    max_tokens: Annotated[int, Field(ge=1, le=512, strict=True)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=512, strict=True)] | None = None
     temperature: float | None = None
     top_p: float | None = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
+    n: Annotated[int, Field(ge=1, le=1, strict=True)] = 1
     stream_options: dict | None = None
     user: str | None = None
 
@@ -240,7 +242,7 @@ def count_answer(out: dict) -> None:
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json")
 JSON_ROUTES = ("/ask", "/retrieve", "/feedback", "/v1/chat/completions")
 GATEWAY_ERRORS = {"401": "Unauthorized", "413": "PayloadTooLarge", "415": "UnsupportedMediaType", "429": "TooManyRequests",
-                  "504": "GatewayTimeout"}
+                  "503": "ServiceUnavailable", "504": "GatewayTimeout"}
 
 
 def error_body(error: str, detail: str) -> bytes:
@@ -266,6 +268,8 @@ def rewrite_error(status: int, content_type: str, body: bytes) -> tuple[int, byt
         return status, body
     if isinstance(parsed, dict) and isinstance(parsed.get("detail"), list):
         return 400, error_body("InvalidArgument", validation_detail(parsed))
+    if isinstance(parsed, list) and all(isinstance(e, dict) and "error" in e for e in parsed):  # BentoML's own InvalidArgument
+        return status, error_body("InvalidArgument", "; ".join(str(e["error"]) for e in parsed))
     text = parsed.get("detail") if isinstance(parsed, dict) else body.decode("utf-8", "replace").strip()
     names = {400: "InvalidArgument", 404: "NotFound", 405: "MethodNotAllowed", 422: "InvalidArgument"}
     return (400 if status == 422 else status), error_body(names.get(status, "BadRequest"), str(text or "bad request")[:500])
@@ -348,7 +352,8 @@ class Gateway:
                     return
                 r = state["rewrite"]
                 status, body = rewrite_error(r["status"], r["ctype"], r["body"])
-                return await _send_json(send, status, body)
+                allow = {"allow": "GET, HEAD" if scope["path"].startswith("/lineage") else "POST"} if status == 405 else {}
+                return await _send_json(send, status, body, allow)
             await send(message)
 
         try:
@@ -387,14 +392,25 @@ def document_gateway(doc: dict) -> dict:
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas.setdefault("GatewayError", {"type": "object", "required": ["error"],
                                         "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}})
+    schemas.setdefault("OpenAIError", {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["message", "type"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": "string", "nullable": True},
+                       "code": {"type": "string", "nullable": True}}}}})
     ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/GatewayError"}}}}
     for path, ops in doc.get("paths", {}).items():
         if path.startswith(OPEN_PATHS):
             continue
         for op in ops.values():
-            if isinstance(op, dict) and "responses" in op:
-                for status, name in GATEWAY_ERRORS.items():
-                    op["responses"].setdefault(status, {"description": name, **ref})
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            for status, name in GATEWAY_ERRORS.items():
+                op["responses"].setdefault(status, {"description": name, **ref})
+            if path == "/v1/chat/completions":  # `stream: true` answers with server-sent events
+                op["responses"]["200"].setdefault("content", {})["text/event-stream"] = {}
+            if path.startswith("/v1"):  # FastAPI declares 422; the OpenAI routes answer 400 in OpenAI's error shape
+                op["responses"].pop("422", None)
+                op["responses"]["400"] = {"description": "Bad Request",
+                                          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}}}
     return doc
 
 # %% ../../nbs/05_serve.ipynb #2b125007
@@ -457,22 +473,27 @@ def chat_chunk(rid: str, model: str, delta: dict, finish: str | None = None, **e
     return f"data: {json.dumps(body)}\n\n"
 
 
-def openai_error(status: int, message: str, param: str | None = None):
+def openai_error(status: int, message: str, param: str | None = None, headers: dict | None = None):
     from starlette.responses import JSONResponse
     return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}},
-                        status_code=status)
+                        status_code=status, headers=headers)
 
 
 def build_openai_app():
     "A FastAPI app for `/v1`; the service binds its routes to the chain when a worker starts."
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
     app = FastAPI(title="lab2prod OpenAI-compatible API", openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_, exc: RequestValidationError):
         return openai_error(400, validation_detail({"detail": exc.errors()}),
                             ".".join(str(x) for x in exc.errors()[0]["loc"][1:]) if exc.errors() else None)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_, exc: HTTPException):  # a body that is not JSON, an unknown route, a wrong method
+        return openai_error(exc.status_code, str(exc.detail), headers=exc.headers)
     return app
 
 # %% ../../nbs/05_serve.ipynb #f025830b
@@ -529,6 +550,11 @@ class Lab2Prod:
         IN_FLIGHT.inc()
         try:
             out = await self.chain.aask(question, k=k, max_new_tokens=max_new_tokens)
+        except PromptTooLong as e:
+            raise bentoml.exceptions.InvalidArgument(f"k: {e}") from None
+        except EngineError as e:
+            log.error("engine failure: %s", e)
+            raise bentoml.exceptions.ServiceUnavailable(f"the generation engine is unavailable: {e}") from None
         finally:
             IN_FLIGHT.dec()
         count_answer(out)
@@ -537,15 +563,15 @@ class Lab2Prod:
 
     @bentoml.api
     async def ask(self, question: Annotated[str, Field(min_length=1, max_length=4000)],
-                  k: Annotated[int, Field(ge=1, le=20)] = 4,
-                  max_new_tokens: Annotated[int, Field(ge=1, le=512)] = 128) -> AskOut:
+                  k: Annotated[int, Field(ge=1, le=20, strict=True)] = 4,
+                  max_new_tokens: Annotated[int, Field(ge=1, le=512, strict=True)] = 128) -> AskOut:
         "Answer a question from the documentation, with sources and lineage."
         self._check("question", question, k)
         return AskOut.model_validate(await self._answer(question, k, max_new_tokens, "ask"))
 
     @bentoml.api
     async def retrieve(self, query: Annotated[str, Field(min_length=1, max_length=4000)],
-                       k: Annotated[int, Field(ge=1, le=50)] = 4) -> RetrieveOut:
+                       k: Annotated[int, Field(ge=1, le=50, strict=True)] = 4) -> RetrieveOut:
         "The k best chunks for a query (concurrent queries are embedded as one batch)."
         self._check("query", query, k)
         t0 = time.perf_counter()
@@ -557,9 +583,11 @@ class Lab2Prod:
         return RetrieveOut(hits=[SourceOut(**h.to_dict()) for h in hits])
 
     @bentoml.api
-    async def feedback(self, request_id: Annotated[str, Field(min_length=1, max_length=64)], rating: Literal[-1, 1],
+    async def feedback(self, request_id: Annotated[str, Field(min_length=1, max_length=64)], rating: Annotated[int, Field(strict=True, ge=-1, le=1, json_schema_extra={"enum": [-1, 1]})],
                        comment: Annotated[str, Field(max_length=4000)] = "") -> FeedbackOut:
-        "Record a user's rating of an answer."
+        "Record a user's rating of an answer (-1 or 1)."
+        if rating == 0:
+            raise bentoml.exceptions.InvalidArgument("rating: must be -1 or 1")
         from lab2prod.guardrails import scrub_pii
         await self._log("feedback.jsonl", {"request_id": request_id, "rating": rating, "comment": scrub_pii(comment)[0]})
         return FeedbackOut(ok=True)
@@ -578,9 +606,23 @@ class Lab2Prod:
         if len(question) > 4000:
             return openai_error(400, "messages: the question is longer than 4000 characters", "messages")
         max_new = body.max_completion_tokens or body.max_tokens or 128
-        if not body.stream:
-            return chat_completion(await self._answer(question, 4, max_new, "chat"), body.model)
-        return StreamingResponse(self._chat_events(question, max_new, body), media_type="text/event-stream")
+        try:
+            if not body.stream:
+                return chat_completion(await self._answer(question, 4, max_new, "chat"), body.model)
+            events = self._chat_events(question, max_new, body)
+            first = await anext(events)  # errors before the first event still get a status code of their own
+        except bentoml.exceptions.BentoMLException as e:
+            return openai_error(e.error_code.value, e.message, None)
+        except PromptTooLong as e:
+            return openai_error(400, str(e), "max_tokens")
+        except EngineError as e:
+            return openai_error(503, f"the generation engine is unavailable: {e}")
+
+        async def all_events():
+            yield first
+            async for event in events:
+                yield event
+        return StreamingResponse(all_events(), media_type="text/event-stream")
 
     async def _chat_events(self, question: str, max_new: int, body: ChatRequest):
         rid, t0 = uuid.uuid4().hex, time.perf_counter()
@@ -635,6 +677,7 @@ def stage_bento(artifacts: Path, ctx: Path, root: Path) -> Path:
     import sys
 
     import yaml
+
     from lab2prod.core import resolve_model
     shutil.rmtree(ctx, ignore_errors=True)
     for name in ("index", "model", "engine", "eval", "data/lineage.json"):
