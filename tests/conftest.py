@@ -1,9 +1,15 @@
 "Shared fixtures: a smoke-profile pipeline run in a temporary folder, and helpers to run the project's commands."
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,3 +41,34 @@ def smoke_run(tmp_path_factory, bentoml_home) -> dict:
     first = run(["ploomber", "build", "--env--profile", "smoke", "--env--artifacts_dir", str(art)], env=env)
     second = run(["ploomber", "build", "--env--profile", "smoke", "--env--artifacts_dir", str(art)], env=env)
     return {"artifacts": art, "first": first.stdout, "second": second.stdout, "env": env}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(env: dict, ready_timeout: int = 240):
+    "Run `bentoml serve` from the project root on a free loopback port; yields its URL and the process."
+    port, log = free_port(), tempfile.NamedTemporaryFile(prefix="bentoml-serve-", suffix=".log")  # a pipe could fill and block
+    proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
+                            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.output = lambda: open(log.name, encoding="utf-8", errors="replace").read()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + ready_timeout
+        while time.time() < deadline:
+            if proc.poll() is not None: pytest.fail(f"bentoml serve exited: {proc.output()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200: break
+            except httpx.HTTPError: pass
+            time.sleep(1)
+        else: pytest.fail(f"service not ready in {ready_timeout} s")
+        yield url, proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        proc.final_output = proc.output()
+        log.close()

@@ -1,16 +1,12 @@
 "End to end on the smoke profile: the pipeline builds every product, a rebuild runs nothing, and `bentoml serve` answers the HTTP contract."
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
-import time
 
 import httpx
 import pandas as pd
 import pytest
-from conftest import BIN, ROOT, run
+from conftest import BIN, ROOT, free_port, run, serving
 
 from lab2prod.core import read_jsonl, stage_products
 from lab2prod.index import Retriever
@@ -46,37 +42,6 @@ def test_retriever_api_on_the_built_index(smoke_run):
     assert all(h.source.endswith(".md") and h.text for h in hits)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(env: dict, ready_timeout: int = 240):
-    "Run `bentoml serve` from the project root on a free loopback port; yields its URL and the process."
-    import tempfile
-    port, log = free_port(), tempfile.NamedTemporaryFile(prefix="bentoml-serve-", suffix=".log")  # a pipe could fill and block
-    proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    proc.output = lambda: open(log.name, encoding="utf-8", errors="replace").read()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + ready_timeout
-        while time.time() < deadline:
-            if proc.poll() is not None: pytest.fail(f"bentoml serve exited: {proc.output()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200: break
-            except httpx.HTTPError: pass
-            time.sleep(1)
-        else: pytest.fail(f"service not ready in {ready_timeout} s")
-        yield url, proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
-        proc.final_output = proc.output()
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def server(smoke_run):
     with serving({**smoke_run["env"], "LAB2PROD_ARTIFACTS": str(smoke_run["artifacts"])}) as (url, _):
@@ -93,6 +58,7 @@ def test_ask_answers_with_sources_and_lineage(server, smoke_run):
     assert set(body["sources"][0]) == {"source", "text", "score"}
     assert body["usage"]["completion_tokens"] > 0
     assert body["lineage"]["prompt"] and body["lineage"]["adapter"].startswith("lab2prod-adapter/")
+    assert body["lineage"]["engine"] == "llama.cpp"  # the CPU default, with the adapter applied
     logged = read_jsonl(smoke_run["artifacts"] / "logs" / "requests.jsonl")
     assert body["request_id"] in {x.get("request_id") for x in logged}
 
@@ -152,7 +118,7 @@ def test_lineage_reports_an_index_built_from_other_data(smoke_run, tmp_path):
     "Skew: the data changed after the index was built; the service starts, warns, and /lineage says so."
     import shutil
     art = tmp_path / "art"
-    for name in ("index", "data", "model"): shutil.copytree(smoke_run["artifacts"] / name, art / name)
+    for name in ("index", "data", "model", "engine"): shutil.copytree(smoke_run["artifacts"] / name, art / name)
     df = pd.read_parquet(art / "data" / "chunks.parquet"); df.loc[0, "text"] = "a newer fact"
     df.to_parquet(art / "data" / "chunks.parquet")
     with serving({**smoke_run["env"], "LAB2PROD_ARTIFACTS": str(art)}) as (url, proc):

@@ -29,10 +29,11 @@ def test_bentofile_and_dvc_config_disable_tracking():
 
 
 def test_libraries_report_tracking_disabled():
-    import lab2prod.core  # noqa: F401
     from bentoml._internal.utils.analytics.usage_stats import do_not_track
-    from ploomber_core.telemetry.telemetry import check_telemetry_enabled
     from chromadb.config import Settings
+    from ploomber_core.telemetry.telemetry import check_telemetry_enabled
+
+    import lab2prod.core  # noqa: F401
     assert do_not_track() is True
     assert check_telemetry_enabled() is False
     assert Settings().anonymized_telemetry is False

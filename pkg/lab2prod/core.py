@@ -27,9 +27,9 @@ __all__ = ['TELEMETRY_ENV', 'OFFLINE_ENV', 'log', 'PROFILES', 'EMBEDDING_BACKEND
            'install_telemetry_guard', 'project_root', 'resolve_path', 'Profile', 'get_profile', 'Hardware', 'cpu_info',
            'detect_hardware', 'choose_embedding_backend', 'choose_generation_backend', 'choose_train_precision',
            'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_write_jsonl', 'read_jsonl',
-           'file_hash', 'dir_hash', 'params_hash', 'git_state', 'package_versions', 'build_lineage', 'write_lineage',
-           'stage_products', 'stage_io', 'ModelSpec', 'bundled_dir', 'resolve_model', 'load_model', 'tracking_uri_for',
-           'start_mlflow_run', 'install_model_package', 'lock_pins', 'write_environment_yml']
+           'run_sync', 'file_hash', 'dir_hash', 'params_hash', 'git_state', 'package_versions', 'build_lineage',
+           'write_lineage', 'stage_products', 'stage_io', 'ModelSpec', 'bundled_dir', 'resolve_model', 'load_model',
+           'tracking_uri_for', 'start_mlflow_run', 'install_model_package', 'lock_pins', 'write_environment_yml']
 
 # %% ../../nbs/00_core.ipynb #1c60ef71
 TELEMETRY_ENV = {
@@ -226,11 +226,20 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     "Read a JSON-lines file; a bad line raises an error naming the file and line number."
     rows = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    # split on newlines only: str.splitlines would also cut at U+2028, U+0085 and other separators JSON keeps raw
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip(): continue
         try: rows.append(json.loads(line))
         except json.JSONDecodeError as e: raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from e
     return rows
+
+# %% ../../nbs/00_core.ipynb #c403d219
+def run_sync(coro):
+    "Run the coroutine `coro` to completion and return its result, whether or not an event loop is running here."
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 # %% ../../nbs/00_core.ipynb #0243037a
 def file_hash(path: str | os.PathLike, algo: str = "sha256") -> str:

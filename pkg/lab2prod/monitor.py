@@ -16,14 +16,20 @@ from .core import atomic_write_json, atomic_write_jsonl, read_jsonl, stage_io
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'load_logs', 'length_drift', 'summarize']
+__all__ = ['log', 'log_files', 'load_logs', 'length_drift', 'summarize']
 
 # %% ../../nbs/06_monitor.ipynb #b5818e54
+def log_files(folder: Path, name: str) -> list[Path]:
+    "A log and its rotated parts (`requests-<time>.jsonl`), oldest first."
+    stem, suffix = name.rsplit(".", 1)
+    return sorted(folder.glob(f"{stem}-*.{suffix}")) + [p for p in [folder / name] if p.exists()]
+
+
 def load_logs(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Requests and feedback as DataFrames (empty when the service has not been used yet)."
+    "Requests and feedback as DataFrames, rotated parts included (empty when the service has not been used yet)."
     def _read(name):
-        p = folder / name
-        return pd.DataFrame(read_jsonl(p)) if p.exists() else pd.DataFrame()
+        rows = [r for p in log_files(folder, name) for r in read_jsonl(p)]
+        return pd.DataFrame(rows)
     return _read("requests.jsonl"), _read("feedback.jsonl")
 
 

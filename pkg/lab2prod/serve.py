@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'TOKENS', 'TTFT', 'IN_FLIGHT', 'RETRIEVE_BATCH', 'GUARDRAIL', 'PII', 'TOP_SIMILARITY', 'REJECTED', 'OPEN_PATHS',
            'JSON_ROUTES', 'GATEWAY_ERRORS', 'GPU', 'OPENAI_APP', 'ServiceSettings', 'load_settings', 'SourceOut',
            'UsageOut', 'LineageOut', 'AskOut', 'RetrieveOut', 'FeedbackOut', 'ChatMessage', 'ChatRequest', 'RequestLog',
-           'MicroBatcher', 'count_answer', 'error_body', 'validation_detail', 'rewrite_error', 'BodyTooLarge',
+           'MicroBatcher', 'metric', 'count_answer', 'error_body', 'validation_detail', 'rewrite_error', 'BodyTooLarge',
            'Gateway', 'document_gateway', 'served_lineage', 'chat_question', 'chat_completion', 'chat_chunk',
            'openai_error', 'build_openai_app', 'Lab2Prod', 'ask_record', 'check_gate', 'stage_bento', 'build_bento']
 
@@ -208,21 +208,30 @@ class MicroBatcher:
             return e
 
 # %% ../../nbs/05_serve.ipynb #74f86943
-TOKENS = bentoml.metrics.Counter(name="lab2prod_tokens_total", documentation="Tokens processed by the engine",
-                                 labelnames=["kind"])
-TTFT = bentoml.metrics.Histogram(name="lab2prod_time_to_first_token_seconds", documentation="Time to the first answer token",
-                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
-IN_FLIGHT = bentoml.metrics.Gauge(name="lab2prod_generations_in_flight", documentation="Answers being generated now",
-                                  multiprocess_mode="livesum")
-RETRIEVE_BATCH = bentoml.metrics.Histogram(name="lab2prod_retrieve_batch_size", documentation="Queries embedded together",
-                                           buckets=(1, 2, 4, 8, 16, 32, 64))
-GUARDRAIL = bentoml.metrics.Counter(name="lab2prod_guardrail_decisions_total", documentation="Guardrail decisions",
-                                    labelnames=["decision", "category"])
-PII = bentoml.metrics.Counter(name="lab2prod_pii_scrubbed_total", documentation="Personal data removed", labelnames=["kind"])
-TOP_SIMILARITY = bentoml.metrics.Histogram(name="lab2prod_retrieval_top_similarity", documentation="Cosine similarity of the best chunk",
-                                           buckets=(0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
-REJECTED = bentoml.metrics.Counter(name="lab2prod_http_rejections_total", documentation="Requests the gateway turned away",
-                                   labelnames=["status"])
+def metric(kind: str, name: str, documentation: str, **kw):
+    "A BentoML (Prometheus) metric; the same one again when this code runs twice in a process (a notebook, then a Bento build)."
+    try:
+        return getattr(bentoml.metrics, kind)(name=name, documentation=documentation, **kw)
+    except ValueError:  # already registered under this name
+        from prometheus_client import REGISTRY
+        return REGISTRY._names_to_collectors[name]
+
+
+TOKENS = metric("Counter", "lab2prod_tokens_total", "Tokens processed by the engine",
+                labelnames=["kind"])
+TTFT = metric("Histogram", "lab2prod_time_to_first_token_seconds", "Time to the first answer token",
+              buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+IN_FLIGHT = metric("Gauge", "lab2prod_generations_in_flight", "Answers being generated now",
+                   multiprocess_mode="livesum")
+RETRIEVE_BATCH = metric("Histogram", "lab2prod_retrieve_batch_size", "Queries embedded together",
+                        buckets=(1, 2, 4, 8, 16, 32, 64))
+GUARDRAIL = metric("Counter", "lab2prod_guardrail_decisions_total", "Guardrail decisions",
+                   labelnames=["decision", "category"])
+PII = metric("Counter", "lab2prod_pii_scrubbed_total", "Personal data removed", labelnames=["kind"])
+TOP_SIMILARITY = metric("Histogram", "lab2prod_retrieval_top_similarity", "Cosine similarity of the best chunk",
+                        buckets=(0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
+REJECTED = metric("Counter", "lab2prod_http_rejections_total", "Requests the gateway turned away",
+                  labelnames=["status"])
 
 
 def count_answer(out: dict) -> None:

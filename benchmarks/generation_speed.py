@@ -1,0 +1,311 @@
+"""Decode speed of the served engine (llama-server with the LoRA adapter) against plain llama.cpp on the same weights.
+
+Everything runs on the bundled GGUF model and the adapter of an artifacts folder (default: the smoke run's).
+
+(a) Baseline, one stream: `llama-bench -m <gguf> -t <cores> -p 64 -n 128 -r 3 -o json` -> tg128 tokens/s.
+(b) Ours, one stream: `start_llama_server(gguf, lora_file=<engine>/adapter.gguf)` with the engine's slots and context,
+    POST /completion of one chat prompt as token ids (128 tokens, temperature 0, ignore_eos), timings.predicted_per_second,
+    median of the repeats; the same server without the adapter shows what the adapter costs.
+(c) Concurrency at 1/4/8/16 clients, each client sending the same list of RAG prompts (golden questions with the 4
+    passages the index retrieves, through lab2prod.rag.build_messages and the engine's chat template), streamed, so
+    the time to the first token is measured at the client: total completion tokens/s and mean time to first token of
+      - ours: the server of (b), the body the service sends (its `_completion_body`, cache_prompt on) + ignore_eos;
+      - baseline: llama-server started as a user would (`-np 16 -c 8192 -t <cores>`, no adapter) and the same bodies.
+        Its 8192 tokens are split into 16 slots of 512, which most RAG prompts do not fit (llama-server answers 400):
+        that is recorded, and the baseline is started again with the same 16 slots of our per-slot context;
+      - the HTTP service: POST /ask with the questions only (it retrieves and builds the same prompts itself; answers
+        stop at the end-of-answer token, so its requests/s matter as much as its tokens/s; its time to first token is
+        the engine's prompt time it reports), and POST /v1/chat/completions streamed (the client's time to first token,
+        retrieval and HTTP included).
+    Each level runs the servers alternately, `--repeats` times, and keeps medians; ratios are ours / baseline.
+
+All servers are up together (idle ones use no CPU) so a burst of load on the shared machine hits all of them.
+Prompt caching is on everywhere, as in the service; every server sees the same request sequence.
+
+    .venv/bin/python benchmarks/generation_speed.py [--quick] [--artifacts /tmp/smoke/art]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _serving import ROOT, SMOKE_ARTIFACTS, Result, Service, machine_info, mean, run_clients, sse_event
+
+from lab2prod.core import atomic_write_json, read_jsonl, resolve_model
+from lab2prod.engine import (
+    EngineServer,
+    _completion_body,
+    find_llama_tool,
+    free_port,
+    read_engine_spec,
+    start_llama_server,
+)
+
+
+def bundled_gguf() -> Path:
+    s = resolve_model("llm")
+    return Path(s.location) / s.gguf_file
+
+
+def build_prompts(art: Path, tokenizer_dir: Path, n: int) -> tuple[list[str], list[list[int]], list[int]]:
+    "Golden questions, their RAG prompts as token ids (k=4, as the service builds them), and a short chat prompt."
+    from transformers import AutoTokenizer
+
+    from lab2prod.engine import Engine
+    from lab2prod.index import Retriever
+    from lab2prod.rag import build_messages
+    questions = [g["question"] for g in read_jsonl(art / "data/golden.jsonl")][:n]
+    engine = Engine(AutoTokenizer.from_pretrained(tokenizer_dir))
+    retriever = Retriever.load(art / "index")
+    rag = [engine.prompt_ids(build_messages(q, [h.text for h in retriever.search(q, 4)])) for q in questions]
+    short = engine.prompt_ids([{"role": "user", "content": questions[0]}])
+    return questions, rag, short
+
+
+def llama_bench(gguf: Path, cores: int, n_prompt: int, n_gen: int, reps: int) -> dict:
+    exe = find_llama_tool("llama-bench")
+    cmd = [str(exe), "-m", str(gguf), "-t", str(cores), "-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps), "-o", "json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if p.returncode:
+        raise SystemExit(f"llama-bench failed:\n{p.stderr[-2000:]}")
+    rows = json.loads(p.stdout)
+    tg = next(r for r in rows if r["n_gen"] == n_gen and r["n_prompt"] == 0)
+    pp = next((r for r in rows if r["n_prompt"] == n_prompt and r["n_gen"] == 0), None)
+    return {"command": " ".join(["llama-bench", *cmd[1:]]).replace(str(gguf), gguf.name),
+            f"tg{n_gen}_tokens_per_s": round(tg["avg_ts"], 2), "tg_stddev": round(tg["stddev_ts"], 2),
+            "tg_samples": [round(x, 2) for x in tg.get("samples_ts", [])],
+            f"pp{n_prompt}_tokens_per_s": round(pp["avg_ts"], 2) if pp else None}
+
+
+def one_stream(url: str, ids: list[int], n_predict: int) -> float:
+    "Decode tokens/s of one greedy completion the server reports (timings.predicted_per_second)."
+    body = _completion_body(ids, n_predict, False) | {"ignore_eos": True}
+    r = httpx.post(f"{url}/completion", json=body, timeout=600)
+    r.raise_for_status()
+    t = r.json()["timings"]
+    assert t["predicted_n"] == n_predict, t
+    return t["predicted_per_second"]
+
+# --- the senders of run_clients ---------------------------------------------------------------------------------
+
+
+def completion_sender(n_predict: int):
+    "Streamed POST /completion of a prompt (token ids): client-side time to first token, tokens from the last event."
+    async def send(client: httpx.AsyncClient, ids: list[int]) -> Result:
+        t0, ttft, tokens, extra = time.perf_counter(), None, 0, {}
+        body = _completion_body(ids, n_predict, True) | {"ignore_eos": True}
+        async with client.stream("POST", "/completion", json=body) as r:
+            if r.status_code != 200:
+                return Result(0, r.status_code, extra={"error": (await r.aread()).decode(errors="replace")[:300]})
+            async for line in r.aiter_lines():
+                ev = sse_event(line)
+                if ev is None:
+                    continue
+                if ev.get("content") and ttft is None:
+                    ttft = time.perf_counter() - t0
+                if ev.get("stop"):
+                    tokens = int(ev.get("tokens_predicted", 0))
+                    extra = {"cache_n": (ev.get("timings") or {}).get("cache_n", 0), "prompt_n": len(ids)}
+        return Result(0, r.status_code, tokens, ttft, extra)
+    return send
+
+
+def ask_sender(max_new_tokens: int):
+    "POST /ask of a question: completion tokens from usage; time to first token as the service reports it."
+    async def send(client: httpx.AsyncClient, question: str) -> Result:
+        r = await client.post("/ask", json={"question": question, "k": 4, "max_new_tokens": max_new_tokens})
+        if r.status_code != 200:
+            return Result(0, r.status_code, extra={"error": r.text[:300]})
+        out = r.json()
+        return Result(0, 200, out["usage"]["completion_tokens"], (out.get("timing") or {}).get("ttft_s"),
+                      {"refused": out["refused"], "prompt_n": out["usage"]["prompt_tokens"]})
+    return send
+
+
+def chat_stream_sender(max_new_tokens: int):
+    "Streamed POST /v1/chat/completions: the client's time to the first answer text, tokens from the usage event."
+    async def send(client: httpx.AsyncClient, question: str) -> Result:
+        t0, ttft, tokens = time.perf_counter(), None, 0
+        body = {"model": "lab2prod-rag", "messages": [{"role": "user", "content": question}], "max_tokens": max_new_tokens,
+                "stream": True, "stream_options": {"include_usage": True}}
+        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                return Result(0, r.status_code, extra={"error": (await r.aread()).decode(errors="replace")[:300]})
+            async for line in r.aiter_lines():
+                ev = sse_event(line)
+                if ev is None:
+                    continue
+                for choice in ev.get("choices") or []:
+                    if (choice.get("delta") or {}).get("content") and ttft is None:
+                        ttft = time.perf_counter() - t0
+                if ev.get("usage"):
+                    tokens = ev["usage"]["completion_tokens"]
+        return Result(0, r.status_code, tokens, ttft)
+    return send
+
+
+def summarize(runs: list) -> dict:
+    "Median over repeats of each run's numbers, and the repeats themselves."
+    sums = [r.summary() for r in runs]
+    cache = [x.extra["cache_n"] / x.extra["prompt_n"] for r in runs for x in r.ok if "cache_n" in x.extra]
+    refused = sum(bool(x.extra.get("refused")) for r in runs for x in r.ok)
+    med = lambda key: (round(statistics.median(v), 4) if (v := [s[key] for s in sums if s[key] is not None]) else None)
+    return {"tokens_per_s": med("tokens_per_s"), "requests_per_s": med("requests_per_s"), "mean_ttft_s": med("mean_ttft_s"),
+            "mean_completion_tokens": med("mean_completion_tokens"), "errors": sum(s["errors"] for s in sums),
+            "prompt_cache_hit": mean(cache, 3), "refused": refused,
+            "error_examples": [x.extra.get("error") for r in runs for x in r.results if x.extra.get("error")][:3],
+            "runs": [{k: s[k] for k in ("requests", "ok", "wall_s", "tokens_per_s", "mean_ttft_s", "completion_tokens")}
+                     for s in sums]}
+
+
+def ratio(a, b) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+# --- the run ----------------------------------------------------------------------------------------------------
+
+
+def main(a: argparse.Namespace) -> dict:
+    art = Path(a.artifacts)
+    spec = read_engine_spec(art / "engine")
+    gguf, lora, cores = bundled_gguf(), art / "engine" / spec.adapter_gguf, len(os.sched_getaffinity(0))
+    info = machine_info() | {"load_avg_before": os.getloadavg()}
+    t_start = time.perf_counter()
+    service = Service(art).start()  # it loads while the prompts are built
+    servers: list[EngineServer] = []
+    try:
+        questions, rag, short = build_prompts(art, art / "engine" / spec.tokenizer, a.requests_per_client)
+        print(f"{len(rag)} RAG prompts of {min(map(len, rag))}-{max(map(len, rag))} tokens; short prompt {len(short)} tokens",
+              flush=True)
+        ours = start_llama_server(gguf, lora, parallel=spec.parallel, ctx_per_slot=spec.ctx_per_slot)
+        plain = start_llama_server(gguf, None, parallel=spec.parallel, ctx_per_slot=spec.ctx_per_slot)
+        servers += [ours, plain]
+        # the baseline as a user would start it; then, if the RAG prompts do not fit its slots, with room for them
+        exe = find_llama_tool("llama-server")
+        user_args = ["-m", str(gguf), "-np", str(a.baseline_slots), "-c", str(a.baseline_ctx), "-t", str(cores)]
+        port = free_port()
+        user = EngineServer([str(exe), *user_args, "--host", "127.0.0.1", "--port", str(port)], port)
+        servers.append(user)
+        n_ctx_slot = httpx.get(f"{user.url}/props").json()["default_generation_settings"]["n_ctx"]
+        too_long = [i for i, ids in enumerate(rag) if len(ids) + a.tokens > n_ctx_slot]
+        probe = None
+        if too_long:
+            r = httpx.post(f"{user.url}/completion", json=_completion_body(rag[too_long[0]], a.tokens, False), timeout=600)
+            probe = {"status": r.status_code, "body": r.text[:200]}
+        as_user = {"command": "llama-server " + " ".join(user_args).replace(str(gguf), Path(gguf).name),
+                   "n_ctx_per_slot": n_ctx_slot, "prompts_that_do_not_fit": f"{len(too_long)}/{len(rag)}", "probe": probe}
+        if too_long:
+            user.close()
+            servers.remove(user)
+            fit_args = ["-m", str(gguf), "-np", str(a.baseline_slots), "-c", str(a.baseline_slots * spec.ctx_per_slot),
+                        "-t", str(cores)]
+            port = free_port()
+            user = EngineServer([str(exe), *fit_args, "--host", "127.0.0.1", "--port", str(port)], port)
+            servers.append(user)
+            as_user["measured_with"] = "llama-server " + " ".join(fit_args).replace(str(gguf), Path(gguf).name)
+        baseline = user
+        print(f"baseline as a user starts it: {as_user['prompts_that_do_not_fit']} prompts do not fit its {n_ctx_slot}-token "
+              f"slots{'; measured with ' + as_user['measured_with'] if too_long else ''}", flush=True)
+        service.wait_ready()
+        print(f"service ready in {service.startup_s} s", flush=True)
+
+        # (a) llama-bench and (b) one stream, alternating
+        bench = llama_bench(gguf, cores, a.bench_prompt, a.tokens, a.repeats)
+        lora_tps, plain_tps = [], []
+        for url in (ours.url, plain.url):  # warm-up
+            one_stream(url, short, 8)
+        for _ in range(a.repeats):
+            lora_tps.append(one_stream(ours.url, short, a.tokens))
+            plain_tps.append(one_stream(plain.url, short, a.tokens))
+        tg = bench[f"tg{a.tokens}_tokens_per_s"]
+        single = {"llama_bench": bench, "prompt_tokens": len(short), "n_predict": a.tokens,
+                  "ours_lora_tokens_per_s": round(statistics.median(lora_tps), 2),
+                  "ours_no_lora_tokens_per_s": round(statistics.median(plain_tps), 2),
+                  "runs": {"lora": [round(x, 2) for x in lora_tps], "no_lora": [round(x, 2) for x in plain_tps]}}
+        single["ratio_lora_vs_llama_bench"] = ratio(single["ours_lora_tokens_per_s"], tg)
+        single["ratio_no_lora_vs_llama_bench"] = ratio(single["ours_no_lora_tokens_per_s"], tg)
+        single["adapter_cost"] = ratio(single["ours_lora_tokens_per_s"], single["ours_no_lora_tokens_per_s"])
+        print(f"one stream: llama-bench tg{a.tokens} {tg} tok/s | ours+lora {single['ours_lora_tokens_per_s']} | "
+              f"ours no lora {single['ours_no_lora_tokens_per_s']}", flush=True)
+
+        # (c) concurrency
+        targets = {"ours": (ours.url, rag, completion_sender(a.tokens)),
+                   "baseline": (baseline.url, rag, completion_sender(a.tokens)),
+                   "service_ask": (service.url, questions, ask_sender(a.tokens))}
+        if not a.no_chat_stream:
+            targets["service_chat_stream"] = (service.url, questions, chat_stream_sender(a.tokens))
+        run_clients(1, questions[:1], ask_sender(8), service.url)  # warm-up of the service's first request
+        conc = {}
+        for c in a.clients:
+            runs = {name: [] for name in targets}
+            for _ in range(a.repeats):
+                for name, (url, reqs, send) in targets.items():
+                    runs[name].append(run_clients(c, reqs, send, url))
+            level = {name: summarize(r) for name, r in runs.items()}
+            base = level["baseline"]
+            for name in targets:
+                if name != "baseline":
+                    level[name]["tokens_per_s_vs_baseline"] = ratio(level[name]["tokens_per_s"], base["tokens_per_s"])
+                    level[name]["ttft_vs_baseline"] = ratio(level[name]["mean_ttft_s"], base["mean_ttft_s"])
+            conc[str(c)] = level
+            print(f"{c:>2} clients: " + " | ".join(f"{n} {v['tokens_per_s']} tok/s, ttft {v['mean_ttft_s']} s"
+                                                  f"{' (' + str(v['errors']) + ' errors)' if v['errors'] else ''}"
+                                                  for n, v in level.items()), flush=True)
+    finally:
+        for s in servers:
+            s.close()
+        service.close()
+    res = {"machine": info | {"load_avg_after": os.getloadavg()}, "quick": a.quick, "artifacts": str(art),
+           "model": gguf.name, "adapter": str(lora), "engine": {"parallel": spec.parallel, "ctx_per_slot": spec.ctx_per_slot},
+           "settings": {k: v for k, v in vars(a).items() if k not in ("out", "artifacts")},
+           "service_startup_s": service.startup_s, "one_stream": single, "baseline_as_user": as_user,
+           "concurrency": conc, "seconds": round(time.perf_counter() - t_start, 1)}
+    atomic_write_json(a.out, res)
+    print_table(res)
+    return res
+
+
+def print_table(res: dict) -> None:
+    s = res["one_stream"]
+    print(f"\none stream, {s['n_predict']} tokens (tokens/s): llama-bench {s['llama_bench'][next(k for k in s['llama_bench'] if k.startswith('tg'))]}"
+          f" | ours+adapter {s['ours_lora_tokens_per_s']} ({s['ratio_lora_vs_llama_bench']}x)"
+          f" | ours, no adapter {s['ours_no_lora_tokens_per_s']} ({s['ratio_no_lora_vs_llama_bench']}x); adapter cost {s['adapter_cost']}x")
+    names = list(next(iter(res["concurrency"].values())))
+    print("| clients | " + " | ".join(f"{n} tok/s | {n} ttft s" for n in names) + " |")
+    print("|---" * (1 + 2 * len(names)) + "|")
+    for c, level in res["concurrency"].items():
+        cells = []
+        for n in names:
+            v = level[n]
+            r = f" ({v['tokens_per_s_vs_baseline']}x)" if "tokens_per_s_vs_baseline" in v else ""
+            cells += [f"{v['tokens_per_s']}{r}", f"{v['mean_ttft_s']}"]
+        print(f"| {c} | " + " | ".join(cells) + " |")
+    print(f"({res['seconds']} s; results in the JSON file)")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--artifacts", type=Path, default=SMOKE_ARTIFACTS)
+    ap.add_argument("--quick", action="store_true", help="tiny settings (1 repeat, 32 tokens, 1 and 4 clients): a smoke check")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=128, help="tokens generated per request")
+    ap.add_argument("--bench-prompt", type=int, default=64, help="llama-bench -p")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
+    ap.add_argument("--requests-per-client", type=int, default=4, help="length of the list of prompts each client sends")
+    ap.add_argument("--baseline-slots", type=int, default=16)
+    ap.add_argument("--baseline-ctx", type=int, default=8192)
+    ap.add_argument("--no-chat-stream", action="store_true", help="skip the streamed /v1/chat/completions runs")
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    if a.quick:
+        a.repeats, a.tokens, a.clients, a.requests_per_client = 1, 32, [1, 4], 1
+    a.out = a.out or ROOT / f"benchmarks/results/generation_speed{'.quick' if a.quick else ''}.json"
+    main(a)

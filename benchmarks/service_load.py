@@ -1,0 +1,226 @@
+"""The HTTP service under load: /retrieve micro-batching, /ask at 1/8/32 clients, and a soak of mixed traffic.
+
+The service is `bentoml serve` of an artifacts folder (default: the smoke run's) on a free loopback port, with the
+rate limit lifted and its request log in a temp folder.
+
+(a) /retrieve: 32 concurrent clients for `--retrieve-seconds` -> queries/s and p50/p99 latency; the mean batch size
+    the micro-batcher formed, from the service's /metrics (lab2prod_retrieve_batch_size_sum / _count over the phase).
+    Baseline in the same run: the same number of queries sent one at a time by 1 client -> queries/s; ratio.
+(b) /ask at 1/8/32 clients, each looping over the golden questions for `--ask-seconds`
+    (max_new_tokens `--ask-tokens`): answers/s, completion tokens/s, p50/p99 latency.
+(c) soak (`--soak-minutes`): open-loop mixed traffic at `--soak-rate` requests/s, 70% /retrieve, 25% /ask
+    (max_new_tokens 32), 5% bad input that must get a 4xx; counts 5xx (must be 0) and other wrong statuses, p50/p99
+    per route, and the resident memory of the whole service (bentoml's processes and the llama-server under them,
+    VmRSS summed over the process tree) at the start and at the end of the soak -> growth in %.
+
+    .venv/bin/python benchmarks/service_load.py [--quick] [--soak-minutes 10]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _serving import ROOT, SMOKE_ARTIFACTS, Result, Service, machine_info, percentiles, run_clients
+
+from lab2prod.core import atomic_write_json, read_jsonl
+
+# bad requests of the soak: each must be answered 4xx (never 5xx, never 2xx)
+BAD = [("/retrieve", {"query": "", "k": 4}, None), ("/retrieve", {"query": "   ", "k": 4}, None),
+       ("/retrieve", {"query": "retry", "k": 0}, None), ("/ask", {"question": "x", "max_new_tokens": 100000}, None),
+       ("/ask", {"question": 5}, None), ("/retrieve", None, b"query=retry"),  # not JSON (text/plain)
+       ("/ask", None, b'{"question": "unterminated'), ("/retrieve", {"query": "retry", "k": "four"}, None)]
+
+
+def retrieve_sender(k: int = 4):
+    async def send(client: httpx.AsyncClient, query: str) -> Result:
+        r = await client.post("/retrieve", json={"query": query, "k": k})
+        return Result(0, r.status_code, extra={} if r.status_code == 200 else {"error": r.text[:200]})
+    return send
+
+
+def ask_sender(max_new_tokens: int):
+    async def send(client: httpx.AsyncClient, question: str) -> Result:
+        r = await client.post("/ask", json={"question": question, "k": 4, "max_new_tokens": max_new_tokens})
+        if r.status_code != 200:
+            return Result(0, r.status_code, extra={"error": r.text[:200]})
+        return Result(0, 200, r.json()["usage"]["completion_tokens"])
+    return send
+
+
+def latency_ms(run) -> dict:
+    return {k: round(v * 1000, 1) if v is not None else None for k, v in percentiles([r.latency_s for r in run.ok]).items()}
+
+
+def retrieve_phase(svc: Service, queries: list[str], clients: int, seconds: float) -> dict:
+    "32 clients for `seconds`, then the same number of queries one at a time."
+    run_clients(4, queries, retrieve_sender(), svc.url)  # warm-up (the embedder's first batches)
+    s0, n0 = svc.metric("lab2prod_retrieve_batch_size_sum"), svc.metric("lab2prod_retrieve_batch_size_count")
+    conc = run_clients(clients, queries, retrieve_sender(), svc.url, duration_s=seconds)
+    s1, n1 = svc.metric("lab2prod_retrieve_batch_size_sum"), svc.metric("lab2prod_retrieve_batch_size_count")
+    n = len(conc.results)
+    seq_list = (queries * (n // len(queries) + 1))[:n]
+    seq = run_clients(1, seq_list, retrieve_sender(), svc.url, rotate=False)
+    c, q = conc.summary(), seq.summary()
+    return {"concurrent": {"clients": clients, "queries": n, "errors": c["errors"], "wall_s": c["wall_s"],
+                           "queries_per_s": c["requests_per_s"], "latency_ms": latency_ms(conc),
+                           "mean_batch_size": round((s1 - s0) / (n1 - n0), 2) if n1 > n0 else None,
+                           "batches": int(n1 - n0)},
+            "one_at_a_time": {"clients": 1, "queries": n, "errors": q["errors"], "wall_s": q["wall_s"],
+                              "queries_per_s": q["requests_per_s"], "latency_ms": latency_ms(seq)},
+            "throughput_ratio": round(c["requests_per_s"] / q["requests_per_s"], 2) if q["requests_per_s"] else None}
+
+
+def ask_phase(svc: Service, questions: list[str], clients: list[int], seconds: float, tokens: int) -> dict:
+    run_clients(1, questions[:1], ask_sender(8), svc.url)  # warm-up
+    out = {}
+    for c in clients:
+        run = run_clients(c, questions, ask_sender(tokens), svc.url, duration_s=seconds)
+        s = run.summary()
+        out[str(c)] = {"answers": s["ok"], "errors": s["errors"], "statuses": s["statuses"], "wall_s": s["wall_s"],
+                       "answers_per_s": s["requests_per_s"], "tokens_per_s": s["tokens_per_s"],
+                       "mean_completion_tokens": s["mean_completion_tokens"], "latency_ms": latency_ms(run)}
+        print(f"  /ask {c:>2} clients: {s['requests_per_s']} answers/s, {s['tokens_per_s']} tok/s, "
+              f"p50 {out[str(c)]['latency_ms']['p50']} ms, p99 {out[str(c)]['latency_ms']['p99']} ms, {s['errors']} errors",
+              flush=True)
+    return out
+
+
+async def _soak(svc: Service, questions: list[str], seconds: float, rate: float, tokens: int, seed: int = 0) -> dict:
+    "Open loop: a request every 1/rate s on average (Poisson arrivals), whatever the answers' speed."
+    rng = random.Random(seed)
+    results: dict[str, list] = {"retrieve": [], "ask": [], "bad": []}
+    tasks = []
+
+    async def one(client: httpx.AsyncClient, route: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            if route == "bad":
+                path, body, raw = BAD[rng.randrange(len(BAD))]
+                r = await (client.post(path, json=body) if raw is None else
+                           client.post(path, content=raw, headers={"content-type": "text/plain" if path == "/retrieve"
+                                                                    else "application/json"}))
+            elif route == "ask":
+                r = await client.post("/ask", json={"question": rng.choice(questions), "k": 4, "max_new_tokens": tokens})
+            else:
+                r = await client.post("/retrieve", json={"query": rng.choice(questions), "k": 4})
+            status = r.status_code
+        except httpx.HTTPError as e:
+            status = f"{type(e).__name__}"
+        results[route].append((time.perf_counter() - t0, status))
+
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=svc.url, timeout=300, limits=limits) as client:
+        t0 = time.perf_counter()
+        next_at = t0
+        while (now := time.perf_counter()) < t0 + seconds:
+            if now < next_at:
+                await asyncio.sleep(next_at - now)
+            x = rng.random()
+            route = "retrieve" if x < 0.70 else "ask" if x < 0.95 else "bad"
+            tasks.append(asyncio.create_task(one(client, route)))
+            next_at += rng.expovariate(rate)
+        sent_s = time.perf_counter() - t0
+        await asyncio.gather(*tasks)
+        drain_s = time.perf_counter() - t0 - sent_s
+    out = {"requests": sum(map(len, results.values())), "send_s": round(sent_s, 1), "drain_s": round(drain_s, 1)}
+    for route, rows in results.items():
+        statuses: dict[str, int] = {}
+        for _, s in rows:
+            statuses[str(s)] = statuses.get(str(s), 0) + 1
+        expected = (lambda s: isinstance(s, int) and 400 <= s < 500) if route == "bad" else (lambda s: s == 200)
+        out[route] = {"requests": len(rows), "statuses": statuses, "unexpected": sum(not expected(s) for _, s in rows),
+                      "latency_ms": {k: round(v * 1000, 1) if v is not None else None
+                                     for k, v in percentiles([t for t, s in rows if expected(s)]).items()}}
+    out["5xx"] = sum(isinstance(s, int) and s >= 500 for rows in results.values() for _, s in rows)
+    out["transport_errors"] = sum(not isinstance(s, int) for rows in results.values() for _, s in rows)
+    return out
+
+
+def soak_phase(svc: Service, questions: list[str], minutes: float, rate: float, tokens: int) -> dict:
+    run_clients(2, questions[:2], ask_sender(8), svc.url)  # warm-up, so the start's memory is a served state
+    rss0 = svc.rss_mb()
+    out = asyncio.run(_soak(svc, questions, minutes * 60, rate, tokens))
+    rss1 = svc.rss_mb()
+    out |= {"minutes": minutes, "rate_per_s": rate, "ask_max_new_tokens": tokens,
+            "rss_start_mb": rss0["total_mb"], "rss_end_mb": rss1["total_mb"],
+            "rss_growth_pct": round(100 * (rss1["total_mb"] - rss0["total_mb"]) / rss0["total_mb"], 2),
+            "rss_processes_start": rss0["processes"], "rss_processes_end": rss1["processes"]}
+    return out
+
+
+def main(a: argparse.Namespace) -> dict:
+    art = Path(a.artifacts)
+    questions = [g["question"] for g in read_jsonl(art / "data/golden.jsonl")]
+    info = machine_info() | {"load_avg_before": os.getloadavg()}
+    t0 = time.perf_counter()
+    res: dict = {"quick": a.quick, "artifacts": str(art),
+                 "settings": {k: v for k, v in vars(a).items() if k not in ("out", "artifacts")}}
+    with Service(art) as svc:
+        res["service_startup_s"] = svc.startup_s
+        print(f"service ready in {svc.startup_s} s; {svc.rss_mb()['total_mb']} MB resident", flush=True)
+        res["retrieve"] = retrieve_phase(svc, questions, a.retrieve_clients, a.retrieve_seconds)
+        r = res["retrieve"]
+        print(f"  /retrieve {a.retrieve_clients} clients: {r['concurrent']['queries_per_s']} q/s, p50 "
+              f"{r['concurrent']['latency_ms']['p50']} ms, p99 {r['concurrent']['latency_ms']['p99']} ms, mean batch "
+              f"{r['concurrent']['mean_batch_size']} | 1 client: {r['one_at_a_time']['queries_per_s']} q/s | "
+              f"{r['throughput_ratio']}x", flush=True)
+        res["ask"] = ask_phase(svc, questions, a.ask_clients, a.ask_seconds, a.ask_tokens)
+        if a.soak_minutes > 0:
+            res["soak"] = soak_phase(svc, questions, a.soak_minutes, a.soak_rate, 32)
+            s = res["soak"]
+            print(f"  soak {a.soak_minutes} min at {a.soak_rate}/s: {s['requests']} requests, 5xx {s['5xx']}, "
+                  f"RSS {s['rss_start_mb']} -> {s['rss_end_mb']} MB ({s['rss_growth_pct']:+}%)", flush=True)
+        errors = [line for line in svc.log_tail(200_000).splitlines() if " [ERROR] " in line or "Traceback" in line]
+        res["service_log_errors"] = errors[:20]
+    res["machine"] = info | {"load_avg_after": os.getloadavg()}
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    atomic_write_json(a.out, res)
+    print_table(res)
+    return res
+
+
+def print_table(res: dict) -> None:
+    r = res["retrieve"]
+    print("\n| phase | clients | req/s | tok/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")
+    for name, clients, v in (("/retrieve", r["concurrent"]["clients"], r["concurrent"]),
+                             ("/retrieve one at a time", 1, r["one_at_a_time"])):
+        print(f"| {name} | {clients} | {v['queries_per_s']} | | {v['latency_ms']['p50']} | {v['latency_ms']['p99']} | {v['errors']} |")
+    for c, v in res["ask"].items():
+        print(f"| /ask | {c} | {v['answers_per_s']} | {v['tokens_per_s']} | {v['latency_ms']['p50']} | "
+              f"{v['latency_ms']['p99']} | {v['errors']} |")
+    print(f"/retrieve batching: {r['throughput_ratio']}x the one-at-a-time throughput, mean batch {r['concurrent']['mean_batch_size']}")
+    if s := res.get("soak"):
+        print("| soak route | requests | unexpected status | p50 ms | p99 ms |\n|---|---|---|---|---|")
+        for route in ("retrieve", "ask", "bad"):
+            v = s[route]
+            print(f"| {route} | {v['requests']} | {v['unexpected']} | {v['latency_ms']['p50']} | {v['latency_ms']['p99']} |")
+        print(f"soak: 5xx {s['5xx']} (must be 0), transport errors {s['transport_errors']}, RSS {s['rss_start_mb']} -> "
+              f"{s['rss_end_mb']} MB ({s['rss_growth_pct']:+}%)")
+    print(f"({res['seconds']} s; service log errors: {len(res['service_log_errors'])})")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--artifacts", type=Path, default=SMOKE_ARTIFACTS)
+    ap.add_argument("--quick", action="store_true", help="short phases and a 20 s soak: a smoke check")
+    ap.add_argument("--retrieve-clients", type=int, default=32)
+    ap.add_argument("--retrieve-seconds", type=float, default=20)
+    ap.add_argument("--ask-clients", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--ask-seconds", type=float, default=60, help="each /ask level runs this long (requests in flight finish)")
+    ap.add_argument("--ask-tokens", type=int, default=64, help="max_new_tokens of the /ask phase")
+    ap.add_argument("--soak-minutes", type=float, default=10)
+    ap.add_argument("--soak-rate", type=float, default=4.0, help="requests per second in the soak")
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    if a.quick:
+        a.retrieve_seconds, a.ask_seconds, a.ask_tokens, a.soak_minutes = 8, 6, 16, 20 / 60
+    a.out = a.out or ROOT / f"benchmarks/results/service_load{'.quick' if a.quick else ''}.json"
+    main(a)
