@@ -103,6 +103,44 @@ def tree_rss_mb(pid: int) -> dict:
     return {"total_mb": round(sum(per.values()), 1), "processes": per}
 
 
+def _tree_cpu_s(pid: int) -> float:
+    "CPU seconds of the tree under `pid`: each living process's own, plus what its reaped children used."
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in f[11:15]) / tick  # utime stime cutime cstime
+    return total
+
+
+def _busy_cpu_s() -> float:
+    "CPU seconds the whole machine has been busy (all cores), from /proc/stat."
+    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(f[:8]) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")  # everything but idle and iowait
+
+
+class OtherLoad:
+    """How many cores processes outside this benchmark kept busy between `start()` and `stop()`: on a shared machine a
+    llama.cpp server with a thread per core slows down many times over when another process takes a core."""
+
+    def start(self) -> "OtherLoad":
+        self.t0, self.busy0, self.ours0 = time.perf_counter(), _busy_cpu_s(), _tree_cpu_s(os.getpid())
+        return self
+
+    def stop(self) -> float:
+        wall = time.perf_counter() - self.t0
+        other = (_busy_cpu_s() - self.busy0) - (_tree_cpu_s(os.getpid()) - self.ours0)
+        return round(max(0.0, other) / wall, 2) if wall > 0 else 0.0
+
+
+def contention_note(other_cores: float, cores: int) -> str | None:
+    "A warning when other processes used a noticeable share of the cores during a measurement."
+    if other_cores >= 0.1 * cores:
+        return (f"other processes kept {other_cores:.2f} of {cores} cores busy during the run: numbers are not "
+                f"representative (llama.cpp's threads stall when a core is taken)")
+    return None
+
+
 def kill_tree(proc: subprocess.Popen, grace: float = 15) -> None:
     "Stop `proc` (started with start_new_session) and every descendant: the group first, then stragglers by pid."
     pids = tree_pids(proc.pid) if proc.poll() is None else []

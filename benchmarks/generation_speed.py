@@ -9,18 +9,22 @@ Everything runs on the bundled GGUF model and the adapter of an artifacts folder
 (c) Concurrency at 1/4/8/16 clients, each client sending the same list of RAG prompts (golden questions with the 4
     passages the index retrieves, through lab2prod.rag.build_messages and the engine's chat template), streamed, so
     the time to the first token is measured at the client: total completion tokens/s and mean time to first token of
-      - ours: the server of (b), the body the service sends (its `_completion_body`, cache_prompt on) + ignore_eos;
-      - baseline: llama-server started as a user would (`-np 16 -c 8192 -t <cores>`, no adapter) and the same bodies.
+      - ours: the server of (b), with the body the service sends (its `_completion_body`) plus ignore_eos;
+      - baseline: llama-server started as a user would (`-np 16 -c 8192 -t <cores>`, no adapter), the same bodies.
         Its 8192 tokens are split into 16 slots of 512, which most RAG prompts do not fit (llama-server answers 400):
         that is recorded, and the baseline is started again with the same 16 slots of our per-slot context;
-      - the HTTP service: POST /ask with the questions only (it retrieves and builds the same prompts itself; answers
-        stop at the end-of-answer token, so its requests/s matter as much as its tokens/s; its time to first token is
-        the engine's prompt time it reports), and POST /v1/chat/completions streamed (the client's time to first token,
-        retrieval and HTTP included).
-    Each level runs the servers alternately, `--repeats` times, and keeps medians; ratios are ours / baseline.
+      - the HTTP service, streamed POST /v1/chat/completions with the questions only (it retrieves and builds the same
+        prompts itself): the client's time to first token, retrieval and HTTP included;
+      - the HTTP service, POST /ask with the questions only (its answer carries no time to first token; answers stop
+        at the end-of-answer token, so compare its requests/s as well as its tokens/s).
+    Each level runs the targets one after another, `--repeats` times, and keeps medians; ratios are x / baseline.
+    Prompt caching: ours and the baseline get `cache_prompt: false` (every request pays for its whole prompt; pass
+    --cache-prompt to send what the service sends); the service's engine always caches, and the same questions come
+    back in every run, so its times to first token are a lower bound (the streamed runs come first for that reason).
 
-All servers are up together (idle ones use no CPU) so a burst of load on the shared machine hits all of them.
-Prompt caching is on everywhere, as in the service; every server sees the same request sequence.
+All servers are up together (an idle llama-server uses no CPU). Every result records how many cores processes
+outside the benchmark kept busy (`other_cores_busy`): llama.cpp with a thread per core slows down many times over
+when another process takes a core, so a run with a warning is not representative.
 
     .venv/bin/python benchmarks/generation_speed.py [--quick] [--artifacts /tmp/smoke/art]
 """
@@ -38,7 +42,18 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _serving import ROOT, SMOKE_ARTIFACTS, Result, Service, machine_info, mean, run_clients, sse_event
+from _serving import (
+    ROOT,
+    SMOKE_ARTIFACTS,
+    OtherLoad,
+    Result,
+    Service,
+    contention_note,
+    machine_info,
+    mean,
+    run_clients,
+    sse_event,
+)
 
 from lab2prod.core import atomic_write_json, read_jsonl, resolve_model
 from lab2prod.engine import (
@@ -98,11 +113,11 @@ def one_stream(url: str, ids: list[int], n_predict: int) -> float:
 # --- the senders of run_clients ---------------------------------------------------------------------------------
 
 
-def completion_sender(n_predict: int):
+def completion_sender(n_predict: int, cache_prompt: bool):
     "Streamed POST /completion of a prompt (token ids): client-side time to first token, tokens from the last event."
     async def send(client: httpx.AsyncClient, ids: list[int]) -> Result:
         t0, ttft, tokens, extra = time.perf_counter(), None, 0, {}
-        body = _completion_body(ids, n_predict, True) | {"ignore_eos": True}
+        body = _completion_body(ids, n_predict, True) | {"ignore_eos": True, "cache_prompt": cache_prompt}
         async with client.stream("POST", "/completion", json=body) as r:
             if r.status_code != 200:
                 return Result(0, r.status_code, extra={"error": (await r.aread()).decode(errors="replace")[:300]})
@@ -120,13 +135,13 @@ def completion_sender(n_predict: int):
 
 
 def ask_sender(max_new_tokens: int):
-    "POST /ask of a question: completion tokens from usage; time to first token as the service reports it."
+    "POST /ask of a question: completion tokens from usage (the answer does not say when its first token came)."
     async def send(client: httpx.AsyncClient, question: str) -> Result:
         r = await client.post("/ask", json={"question": question, "k": 4, "max_new_tokens": max_new_tokens})
         if r.status_code != 200:
             return Result(0, r.status_code, extra={"error": r.text[:300]})
         out = r.json()
-        return Result(0, 200, out["usage"]["completion_tokens"], (out.get("timing") or {}).get("ttft_s"),
+        return Result(0, 200, out["usage"]["completion_tokens"], None,
                       {"refused": out["refused"], "prompt_n": out["usage"]["prompt_tokens"]})
     return send
 
@@ -218,6 +233,7 @@ def main(a: argparse.Namespace) -> dict:
         print(f"service ready in {service.startup_s} s", flush=True)
 
         # (a) llama-bench and (b) one stream, alternating
+        whole, load = OtherLoad().start(), OtherLoad().start()
         bench = llama_bench(gguf, cores, a.bench_prompt, a.tokens, a.repeats)
         lora_tps, plain_tps = [], []
         for url in (ours.url, plain.url):  # warm-up
@@ -229,7 +245,8 @@ def main(a: argparse.Namespace) -> dict:
         single = {"llama_bench": bench, "prompt_tokens": len(short), "n_predict": a.tokens,
                   "ours_lora_tokens_per_s": round(statistics.median(lora_tps), 2),
                   "ours_no_lora_tokens_per_s": round(statistics.median(plain_tps), 2),
-                  "runs": {"lora": [round(x, 2) for x in lora_tps], "no_lora": [round(x, 2) for x in plain_tps]}}
+                  "runs": {"lora": [round(x, 2) for x in lora_tps], "no_lora": [round(x, 2) for x in plain_tps]},
+                  "other_cores_busy": load.stop()}
         single["ratio_lora_vs_llama_bench"] = ratio(single["ours_lora_tokens_per_s"], tg)
         single["ratio_no_lora_vs_llama_bench"] = ratio(single["ours_no_lora_tokens_per_s"], tg)
         single["adapter_cost"] = ratio(single["ours_lora_tokens_per_s"], single["ours_no_lora_tokens_per_s"])
@@ -237,28 +254,32 @@ def main(a: argparse.Namespace) -> dict:
               f"ours no lora {single['ours_no_lora_tokens_per_s']}", flush=True)
 
         # (c) concurrency
-        targets = {"ours": (ours.url, rag, completion_sender(a.tokens)),
-                   "baseline": (baseline.url, rag, completion_sender(a.tokens)),
-                   "service_ask": (service.url, questions, ask_sender(a.tokens))}
-        if not a.no_chat_stream:
+        targets = {"ours": (ours.url, rag, completion_sender(a.tokens, a.cache_prompt)),
+                   "baseline": (baseline.url, rag, completion_sender(a.tokens, a.cache_prompt))}
+        if not a.no_chat_stream:  # before /ask: the service's engine keeps prompts cached, the first to come is uncached
             targets["service_chat_stream"] = (service.url, questions, chat_stream_sender(a.tokens))
-        run_clients(1, questions[:1], ask_sender(8), service.url)  # warm-up of the service's first request
+        targets["service_ask"] = (service.url, questions, ask_sender(a.tokens))
+        run_clients(1, ["What is a job?"], ask_sender(8), service.url)  # warm-up of the service's first request
         conc = {}
         for c in a.clients:
             runs = {name: [] for name in targets}
+            load = OtherLoad().start()
             for _ in range(a.repeats):
                 for name, (url, reqs, send) in targets.items():
                     runs[name].append(run_clients(c, reqs, send, url))
             level = {name: summarize(r) for name, r in runs.items()}
+            level["other_cores_busy"] = load.stop()
             base = level["baseline"]
             for name in targets:
                 if name != "baseline":
                     level[name]["tokens_per_s_vs_baseline"] = ratio(level[name]["tokens_per_s"], base["tokens_per_s"])
                     level[name]["ttft_vs_baseline"] = ratio(level[name]["mean_ttft_s"], base["mean_ttft_s"])
             conc[str(c)] = level
-            print(f"{c:>2} clients: " + " | ".join(f"{n} {v['tokens_per_s']} tok/s, ttft {v['mean_ttft_s']} s"
-                                                  f"{' (' + str(v['errors']) + ' errors)' if v['errors'] else ''}"
-                                                  for n, v in level.items()), flush=True)
+            print(f"{c:>2} clients: " + " | ".join(f"{n} {level[n]['tokens_per_s']} tok/s, ttft {level[n]['mean_ttft_s']} s"
+                                                  f"{' (' + str(level[n]['errors']) + ' errors)' if level[n]['errors'] else ''}"
+                                                  for n in targets) + f" | other processes: {level['other_cores_busy']} cores",
+                  flush=True)
+        other = whole.stop()
     finally:
         for s in servers:
             s.close()
@@ -267,7 +288,8 @@ def main(a: argparse.Namespace) -> dict:
            "model": gguf.name, "adapter": str(lora), "engine": {"parallel": spec.parallel, "ctx_per_slot": spec.ctx_per_slot},
            "settings": {k: v for k, v in vars(a).items() if k not in ("out", "artifacts")},
            "service_startup_s": service.startup_s, "one_stream": single, "baseline_as_user": as_user,
-           "concurrency": conc, "seconds": round(time.perf_counter() - t_start, 1)}
+           "concurrency": conc, "other_cores_busy": other, "warning": contention_note(other, cores),
+           "seconds": round(time.perf_counter() - t_start, 1)}
     atomic_write_json(a.out, res)
     print_table(res)
     return res
@@ -278,7 +300,7 @@ def print_table(res: dict) -> None:
     print(f"\none stream, {s['n_predict']} tokens (tokens/s): llama-bench {s['llama_bench'][next(k for k in s['llama_bench'] if k.startswith('tg'))]}"
           f" | ours+adapter {s['ours_lora_tokens_per_s']} ({s['ratio_lora_vs_llama_bench']}x)"
           f" | ours, no adapter {s['ours_no_lora_tokens_per_s']} ({s['ratio_no_lora_vs_llama_bench']}x); adapter cost {s['adapter_cost']}x")
-    names = list(next(iter(res["concurrency"].values())))
+    names = [n for n in next(iter(res["concurrency"].values())) if n != "other_cores_busy"]
     print("| clients | " + " | ".join(f"{n} tok/s | {n} ttft s" for n in names) + " |")
     print("|---" * (1 + 2 * len(names)) + "|")
     for c, level in res["concurrency"].items():
@@ -288,6 +310,8 @@ def print_table(res: dict) -> None:
             r = f" ({v['tokens_per_s_vs_baseline']}x)" if "tokens_per_s_vs_baseline" in v else ""
             cells += [f"{v['tokens_per_s']}{r}", f"{v['mean_ttft_s']}"]
         print(f"| {c} | " + " | ".join(cells) + " |")
+    if res["warning"]:
+        print("WARNING:", res["warning"])
     print(f"({res['seconds']} s; results in the JSON file)")
 
 
@@ -303,6 +327,9 @@ if __name__ == "__main__":
     ap.add_argument("--baseline-slots", type=int, default=16)
     ap.add_argument("--baseline-ctx", type=int, default=8192)
     ap.add_argument("--no-chat-stream", action="store_true", help="skip the streamed /v1/chat/completions runs")
+    ap.add_argument("--cache-prompt", action="store_true",
+                    help="let ours and the baseline reuse a slot's cached prompt, as the service's engine does (default: "
+                         "off, so every request's time to first token includes its whole prompt)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     if a.quick:

@@ -13,6 +13,9 @@ rate limit lifted and its request log in a temp folder.
     per route, and the resident memory of the whole service (bentoml's processes and the llama-server under them,
     VmRSS summed over the process tree) at the start and at the end of the soak -> growth in %.
 
+Every phase records how many cores processes outside the benchmark kept busy (`other_cores_busy`); a run with a
+warning shared the machine and is not representative.
+
     .venv/bin/python benchmarks/service_load.py [--quick] [--soak-minutes 10]
 """
 from __future__ import annotations
@@ -28,7 +31,17 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _serving import ROOT, SMOKE_ARTIFACTS, Result, Service, machine_info, percentiles, run_clients
+from _serving import (
+    ROOT,
+    SMOKE_ARTIFACTS,
+    OtherLoad,
+    Result,
+    Service,
+    contention_note,
+    machine_info,
+    percentiles,
+    run_clients,
+)
 
 from lab2prod.core import atomic_write_json, read_jsonl
 
@@ -165,21 +178,30 @@ def main(a: argparse.Namespace) -> dict:
                  "settings": {k: v for k, v in vars(a).items() if k not in ("out", "artifacts")}}
     with Service(art) as svc:
         res["service_startup_s"] = svc.startup_s
+        whole = OtherLoad().start()
         print(f"service ready in {svc.startup_s} s; {svc.rss_mb()['total_mb']} MB resident", flush=True)
+        load = OtherLoad().start()
         res["retrieve"] = retrieve_phase(svc, questions, a.retrieve_clients, a.retrieve_seconds)
+        res["retrieve"]["other_cores_busy"] = load.stop()
         r = res["retrieve"]
         print(f"  /retrieve {a.retrieve_clients} clients: {r['concurrent']['queries_per_s']} q/s, p50 "
               f"{r['concurrent']['latency_ms']['p50']} ms, p99 {r['concurrent']['latency_ms']['p99']} ms, mean batch "
               f"{r['concurrent']['mean_batch_size']} | 1 client: {r['one_at_a_time']['queries_per_s']} q/s | "
               f"{r['throughput_ratio']}x", flush=True)
+        load = OtherLoad().start()
         res["ask"] = ask_phase(svc, questions, a.ask_clients, a.ask_seconds, a.ask_tokens)
+        res["ask_other_cores_busy"] = load.stop()
         if a.soak_minutes > 0:
+            load = OtherLoad().start()
             res["soak"] = soak_phase(svc, questions, a.soak_minutes, a.soak_rate, 32)
+            res["soak"]["other_cores_busy"] = load.stop()
             s = res["soak"]
             print(f"  soak {a.soak_minutes} min at {a.soak_rate}/s: {s['requests']} requests, 5xx {s['5xx']}, "
                   f"RSS {s['rss_start_mb']} -> {s['rss_end_mb']} MB ({s['rss_growth_pct']:+}%)", flush=True)
         errors = [line for line in svc.log_tail(200_000).splitlines() if " [ERROR] " in line or "Traceback" in line]
         res["service_log_errors"] = errors[:20]
+        res["other_cores_busy"] = whole.stop()
+        res["warning"] = contention_note(res["other_cores_busy"], info["cores"])
     res["machine"] = info | {"load_avg_after": os.getloadavg()}
     res["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(a.out, res)
@@ -204,6 +226,8 @@ def print_table(res: dict) -> None:
             print(f"| {route} | {v['requests']} | {v['unexpected']} | {v['latency_ms']['p50']} | {v['latency_ms']['p99']} |")
         print(f"soak: 5xx {s['5xx']} (must be 0), transport errors {s['transport_errors']}, RSS {s['rss_start_mb']} -> "
               f"{s['rss_end_mb']} MB ({s['rss_growth_pct']:+}%)")
+    if res["warning"]:
+        print("WARNING:", res["warning"])
     print(f"({res['seconds']} s; service log errors: {len(res['service_log_errors'])})")
 
 

