@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import platform
@@ -29,6 +30,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_ARTIFACTS = Path("/tmp/smoke/art")
+
+
+_T0 = time.perf_counter()
+
+
+def progress(msg: str, **_) -> None:
+    "A progress line, stamped with the seconds since the benchmark started."
+    print(f"[{time.perf_counter() - _T0:6.1f} s] {msg}", flush=True)
 
 
 def free_port() -> int:
@@ -161,13 +170,27 @@ def kill_tree(proc: subprocess.Popen, grace: float = 15) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p, signal.SIGKILL)
 
+def _own_group() -> None:
+    "In the child, before exec: a process group of its own, and SIGTERM when this benchmark's process ends."
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def exit_on_sigterm() -> None:
+    "Turn SIGTERM and SIGHUP into SystemExit, so `finally` blocks stop the servers this benchmark started."
+    def handler(signum, _frame):
+        raise SystemExit(128 + signum)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
 # --- the HTTP service -----------------------------------------------------------------------------------------------
 
 
 class Service:
     "`bentoml serve` of `artifacts` on a free loopback port; use as a context manager."
 
-    def __init__(self, artifacts: str | os.PathLike = SMOKE_ARTIFACTS, ready_timeout: float = 300, env: dict | None = None):
+    def __init__(self, artifacts: str | os.PathLike = SMOKE_ARTIFACTS, ready_timeout: float = 600, env: dict | None = None):
         self.artifacts, self.ready_timeout, self.extra_env = Path(artifacts), ready_timeout, env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -195,7 +218,7 @@ class Service:
         self._t0 = time.perf_counter()
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen([str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                                         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_own_group)
         return self
 
     def wait_ready(self) -> "Service":

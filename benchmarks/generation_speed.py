@@ -49,8 +49,10 @@ from _serving import (
     Result,
     Service,
     contention_note,
+    exit_on_sigterm,
     machine_info,
     mean,
+    progress,
     run_clients,
     sse_event,
 )
@@ -198,7 +200,7 @@ def main(a: argparse.Namespace) -> dict:
     servers: list[EngineServer] = []
     try:
         questions, rag, short = build_prompts(art, art / "engine" / spec.tokenizer, a.requests_per_client)
-        print(f"{len(rag)} RAG prompts of {min(map(len, rag))}-{max(map(len, rag))} tokens; short prompt {len(short)} tokens",
+        progress(f"{len(rag)} RAG prompts of {min(map(len, rag))}-{max(map(len, rag))} tokens; short prompt {len(short)} tokens",
               flush=True)
         ours = start_llama_server(gguf, lora, parallel=spec.parallel, ctx_per_slot=spec.ctx_per_slot)
         plain = start_llama_server(gguf, None, parallel=spec.parallel, ctx_per_slot=spec.ctx_per_slot)
@@ -227,10 +229,10 @@ def main(a: argparse.Namespace) -> dict:
             servers.append(user)
             as_user["measured_with"] = "llama-server " + " ".join(fit_args).replace(str(gguf), Path(gguf).name)
         baseline = user
-        print(f"baseline as a user starts it: {as_user['prompts_that_do_not_fit']} prompts do not fit its {n_ctx_slot}-token "
+        progress(f"baseline as a user starts it: {as_user['prompts_that_do_not_fit']} prompts do not fit its {n_ctx_slot}-token "
               f"slots{'; measured with ' + as_user['measured_with'] if too_long else ''}", flush=True)
         service.wait_ready()
-        print(f"service ready in {service.startup_s} s", flush=True)
+        progress(f"service ready in {service.startup_s} s", flush=True)
 
         # (a) llama-bench and (b) one stream, alternating
         whole, load = OtherLoad().start(), OtherLoad().start()
@@ -250,7 +252,7 @@ def main(a: argparse.Namespace) -> dict:
         single["ratio_lora_vs_llama_bench"] = ratio(single["ours_lora_tokens_per_s"], tg)
         single["ratio_no_lora_vs_llama_bench"] = ratio(single["ours_no_lora_tokens_per_s"], tg)
         single["adapter_cost"] = ratio(single["ours_lora_tokens_per_s"], single["ours_no_lora_tokens_per_s"])
-        print(f"one stream: llama-bench tg{a.tokens} {tg} tok/s | ours+lora {single['ours_lora_tokens_per_s']} | "
+        progress(f"one stream: llama-bench tg{a.tokens} {tg} tok/s | ours+lora {single['ours_lora_tokens_per_s']} | "
               f"ours no lora {single['ours_no_lora_tokens_per_s']}", flush=True)
 
         # (c) concurrency
@@ -275,7 +277,7 @@ def main(a: argparse.Namespace) -> dict:
                     level[name]["tokens_per_s_vs_baseline"] = ratio(level[name]["tokens_per_s"], base["tokens_per_s"])
                     level[name]["ttft_vs_baseline"] = ratio(level[name]["mean_ttft_s"], base["mean_ttft_s"])
             conc[str(c)] = level
-            print(f"{c:>2} clients: " + " | ".join(f"{n} {level[n]['tokens_per_s']} tok/s, ttft {level[n]['mean_ttft_s']} s"
+            progress(f"{c:>2} clients: " + " | ".join(f"{n} {level[n]['tokens_per_s']} tok/s, ttft {level[n]['mean_ttft_s']} s"
                                                   f"{' (' + str(level[n]['errors']) + ' errors)' if level[n]['errors'] else ''}"
                                                   for n in targets) + f" | other processes: {level['other_cores_busy']} cores",
                   flush=True)
@@ -332,6 +334,7 @@ if __name__ == "__main__":
                          "off, so every request's time to first token includes its whole prompt)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
+    exit_on_sigterm()
     if a.quick:
         a.repeats, a.tokens, a.clients, a.requests_per_client = 1, 32, [1, 4], 1
     a.out = a.out or ROOT / f"benchmarks/results/generation_speed{'.quick' if a.quick else ''}.json"

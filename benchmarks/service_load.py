@@ -38,8 +38,10 @@ from _serving import (
     Result,
     Service,
     contention_note,
+    exit_on_sigterm,
     machine_info,
     percentiles,
+    progress,
     run_clients,
 )
 
@@ -100,7 +102,7 @@ def ask_phase(svc: Service, questions: list[str], clients: list[int], seconds: f
         out[str(c)] = {"answers": s["ok"], "errors": s["errors"], "statuses": s["statuses"], "wall_s": s["wall_s"],
                        "answers_per_s": s["requests_per_s"], "tokens_per_s": s["tokens_per_s"],
                        "mean_completion_tokens": s["mean_completion_tokens"], "latency_ms": latency_ms(run)}
-        print(f"  /ask {c:>2} clients: {s['requests_per_s']} answers/s, {s['tokens_per_s']} tok/s, "
+        progress(f"  /ask {c:>2} clients: {s['requests_per_s']} answers/s, {s['tokens_per_s']} tok/s, "
               f"p50 {out[str(c)]['latency_ms']['p50']} ms, p99 {out[str(c)]['latency_ms']['p99']} ms, {s['errors']} errors",
               flush=True)
     return out
@@ -179,12 +181,12 @@ def main(a: argparse.Namespace) -> dict:
     with Service(art) as svc:
         res["service_startup_s"] = svc.startup_s
         whole = OtherLoad().start()
-        print(f"service ready in {svc.startup_s} s; {svc.rss_mb()['total_mb']} MB resident", flush=True)
+        progress(f"service ready in {svc.startup_s} s; {svc.rss_mb()['total_mb']} MB resident", flush=True)
         load = OtherLoad().start()
         res["retrieve"] = retrieve_phase(svc, questions, a.retrieve_clients, a.retrieve_seconds)
         res["retrieve"]["other_cores_busy"] = load.stop()
         r = res["retrieve"]
-        print(f"  /retrieve {a.retrieve_clients} clients: {r['concurrent']['queries_per_s']} q/s, p50 "
+        progress(f"  /retrieve {a.retrieve_clients} clients: {r['concurrent']['queries_per_s']} q/s, p50 "
               f"{r['concurrent']['latency_ms']['p50']} ms, p99 {r['concurrent']['latency_ms']['p99']} ms, mean batch "
               f"{r['concurrent']['mean_batch_size']} | 1 client: {r['one_at_a_time']['queries_per_s']} q/s | "
               f"{r['throughput_ratio']}x", flush=True)
@@ -196,7 +198,7 @@ def main(a: argparse.Namespace) -> dict:
             res["soak"] = soak_phase(svc, questions, a.soak_minutes, a.soak_rate, 32)
             res["soak"]["other_cores_busy"] = load.stop()
             s = res["soak"]
-            print(f"  soak {a.soak_minutes} min at {a.soak_rate}/s: {s['requests']} requests, 5xx {s['5xx']}, "
+            progress(f"  soak {a.soak_minutes} min at {a.soak_rate}/s: {s['requests']} requests, 5xx {s['5xx']}, "
                   f"RSS {s['rss_start_mb']} -> {s['rss_end_mb']} MB ({s['rss_growth_pct']:+}%)", flush=True)
         errors = [line for line in svc.log_tail(200_000).splitlines() if " [ERROR] " in line or "Traceback" in line]
         res["service_log_errors"] = errors[:20]
@@ -244,6 +246,7 @@ if __name__ == "__main__":
     ap.add_argument("--soak-rate", type=float, default=4.0, help="requests per second in the soak")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
+    exit_on_sigterm()
     if a.quick:
         a.retrieve_seconds, a.ask_seconds, a.ask_tokens, a.soak_minutes = 8, 6, 16, 20 / 60
     a.out = a.out or ROOT / f"benchmarks/results/service_load{'.quick' if a.quick else ''}.json"

@@ -731,6 +731,7 @@ def stage_bento(artifacts: Path, ctx: Path, root: Path) -> Path:
     cfg["envs"] = cfg.get("envs", []) + envs
     from lab2prod.engine import LLAMA_CPP_SOURCE
     (ctx / "setup_llama_cpp.sh").write_text(LLAMA_CPP_SETUP.format(source=LLAMA_CPP_SOURCE))
+    (ctx / "setup_llama_cpp.sh").chmod(0o755)
     cfg.setdefault("docker", {})["setup_script"] = "setup_llama_cpp.sh"
     (ctx / "bentofile.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return ctx / "bentofile.yaml"
