@@ -179,7 +179,7 @@ def install_info(engine: str) -> dict:
     rec_file = Path(venv, ".install.json")
     rec = json.loads(rec_file.read_text()) if rec_file.exists() else {}
     sp = site_packages(venv)
-    pkgs = {d.name.split("-")[0].lower(): d.name.split("-")[1].removesuffix(".dist-info")
+    pkgs = {d.name.removesuffix(".dist-info").split("-")[0].lower(): d.name.removesuffix(".dist-info").split("-")[1]
             for d in sp.glob("*.dist-info")}
     keep = ("ctranslate2", "openvino", "openvino_genai", "openvino_tokenizers", "optimum", "optimum_intel", "nncf",
             "onnxruntime", "onnxruntime_genai", "onnx", "onnx_ir", "torch", "torchvision", "transformers")
