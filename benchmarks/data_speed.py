@@ -31,14 +31,16 @@ def make_corpus(folder: Path, mb: float, seed: int = 0) -> int:
         parts = [f"# Document {i}: {' '.join(rng.choice(words, 3))}"]
         for s in range(12):
             parts.append(f"## {' '.join(rng.choice(words, 3))} {s}")
-            for _ in range(3): parts.append(" ".join(sentence() for _ in range(rng.integers(3, 8))))
+            for _ in range(3):
+                parts.append(" ".join(sentence() for _ in range(rng.integers(3, 8))))
             parts.append("\n".join(f"- {sentence()}" for _ in range(4)))
             parts.append("| key | default | meaning |\n|---|---|---|\n" + "\n".join(
                 f"| {rng.choice(words)} | {rng.integers(1, 999)} | {sentence()} |" for _ in range(5)))
             parts.append("```yaml\n" + "\n".join(f"{rng.choice(words)}: {rng.integers(0, 100)}" for _ in range(5)) + "\n```")
         text = "\n\n".join(parts) + "\n"
         (folder / f"doc{i:04d}.md").write_text(text)
-        total += len(text.encode()); i += 1
+        total += len(text.encode())
+        i += 1
     return total
 
 

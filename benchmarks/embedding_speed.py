@@ -41,7 +41,9 @@ def main(out: Path, repeats: int = 3) -> dict:
         times, vecs = {k: [] for k in models}, {}
         for _ in range(repeats):
             for name, model in models.items():
-                t0 = time.perf_counter(); vecs[name] = embed_texts(model, texts); times[name].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                vecs[name] = embed_texts(model, texts)
+                times[name].append(time.perf_counter() - t0)
     speed = {k: len(texts) / statistics.median(v) for k, v in times.items()}
     cos = {k: (vecs[k] * vecs["plain"]).sum(1) for k in models if k != "plain"}
     res = {"chunks": len(texts), "chunks_per_s": {k: round(v, 1) for k, v in speed.items()},

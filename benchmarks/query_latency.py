@@ -52,7 +52,8 @@ def one_size(n: int, work: Path) -> dict:
     from lab2prod.core import read_jsonl
     from lab2prod.index import Retriever, build_index, load_embedder
     df = synthetic_chunks(n)
-    chunks = work / "chunks.parquet"; df.to_parquet(chunks)
+    chunks = work / "chunks.parquet"
+    df.to_parquet(chunks)
     t0 = time.perf_counter()
     build_index(chunks, work / "index", embedding_backend="torch-bf16", embedder=SyntheticEmbedder())
     build_s = time.perf_counter() - t0
@@ -61,11 +62,14 @@ def one_size(n: int, work: Path) -> dict:
     out = {"chunks": n, "build_s": round(build_s, 1)}
     for mode in ("dense", "lexical", "hybrid"):
         r = Retriever.load(work / "index", mode=mode, embedder=real)
-        for q in questions[:5]: r.search(q, 5)  # warm-up
+        for q in questions[:5]:
+            r.search(q, 5)  # warm-up
         lat = []
         for q in questions * 3:
             r.clear_query_cache()  # a repeated question must not skip its embedding
-            t = time.perf_counter(); r.search(q, 5); lat.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            r.search(q, 5)
+            lat.append((time.perf_counter() - t) * 1000)
         out[mode] = {"p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
                      "queries": len(lat)}
     import torch  # the baseline multiplies in torch too: NumPy's BLAS threads would fight torch's for the 2 cores
@@ -74,10 +78,13 @@ def one_size(n: int, work: Path) -> dict:
     def brute_force(q: str) -> list[int]:
         return torch.topk(vecs @ torch.from_numpy(real.encode([q])[0]), 5).indices.tolist()
 
-    for q in questions[:5]: brute_force(q)  # the same warm-up as above
+    for q in questions[:5]:
+        brute_force(q)  # the same warm-up as above
     lat = []
     for q in questions * 3:
-        t = time.perf_counter(); brute_force(q); lat.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        brute_force(q)
+        lat.append((time.perf_counter() - t) * 1000)
     out["baseline_bruteforce"] = {"p50_ms": round(float(np.percentile(lat, 50)), 2),
                                         "p99_ms": round(float(np.percentile(lat, 99)), 2)}
     out["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -90,7 +97,8 @@ def main(sizes: list[int], out: Path) -> dict:
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             p = subprocess.run([sys.executable, __file__, "--one", str(n), "--work", tmp], capture_output=True, text=True)
-            if p.returncode: raise SystemExit(f"size {n} failed:\n{p.stderr[-3000:]}")
+            if p.returncode:
+                raise SystemExit(f"size {n} failed:\n{p.stderr[-3000:]}")
             results[str(n)] = json.loads(p.stdout.strip().splitlines()[-1])
             print(json.dumps(results[str(n)]), flush=True)
     from lab2prod.core import atomic_write_json
@@ -105,5 +113,7 @@ if __name__ == "__main__":
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.one: print(json.dumps(one_size(a.one, a.work)))
-    else: main(a.sizes, a.out)
+    if a.one:
+        print(json.dumps(one_size(a.one, a.work)))
+    else:
+        main(a.sizes, a.out)

@@ -69,7 +69,8 @@ def main(out: Path) -> dict:
                 build_index(art / "data/chunks.parquet", idx, embedding_backend=backend)
                 build_s = time.perf_counter() - t0
                 for mode in ("dense", "lexical", "hybrid"):
-                    if mode == "lexical" and backend != "torch": continue
+                    if mode == "lexical" and backend != "torch":
+                        continue
                     metrics, _ = evaluate_retrieval(Retriever.load(idx, mode=mode), golden)
                     results[f"{name}/{mode}/{backend}"] = metrics | {"index_build_s": round(build_s, 1)}
                     print(f"{name:7s} {mode:8s} {backend:9s} " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()

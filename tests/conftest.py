@@ -24,7 +24,8 @@ def run(args: list[str], env: dict | None = None, timeout: int = 900, check: boo
     "Run a command of the venv in the project root; on failure show its output."
     p = subprocess.run([str(BIN / args[0]) if (BIN / args[0]).exists() else args[0], *args[1:]], cwd=ROOT,
                        env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode: raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
+    if check and p.returncode:
+        raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
     return p
 
 
@@ -60,12 +61,16 @@ def serving(env: dict, ready_timeout: int = 240):
     try:
         deadline = time.time() + ready_timeout
         while time.time() < deadline:
-            if proc.poll() is not None: pytest.fail(f"bentoml serve exited: {proc.output()[-3000:]}")
+            if proc.poll() is not None:
+                pytest.fail(f"bentoml serve exited: {proc.output()[-3000:]}")
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200: break
-            except httpx.HTTPError: pass
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
             time.sleep(1)
-        else: pytest.fail(f"service not ready in {ready_timeout} s")
+        else:
+            pytest.fail(f"service not ready in {ready_timeout} s")
         yield url, proc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -56,7 +56,8 @@ def test_env_yaml_has_the_documented_keys():
 
 def test_nbdev_clean_keeps_the_parameters_tag(tmp_path):
     "nbdev's cleaner strips cell metadata unless settings.ini allows tags; the tag is what papermill needs."
-    cfg = configparser.ConfigParser(); cfg.read(ROOT / "settings.ini")
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "settings.ini")
     assert cfg["DEFAULT"]["lib_path"] == "pkg/lab2prod"
     nb = tmp_path / "01_data.ipynb"
     shutil.copy(ROOT / "nbs" / "01_data.ipynb", nb)
@@ -68,7 +69,7 @@ def test_environment_yml_matches_the_lock(tmp_path):
     "conda users get exactly the pip set: the committed environment.yml is the one the lock generates."
     fresh = write_environment_yml(ROOT / "requirements.lock", tmp_path / "environment.yml")
     assert (ROOT / "environment.yml").read_text() == fresh.read_text(), "run `make environment.yml`"
-    pins = {l.strip().removeprefix("- ").strip() for l in (ROOT / "environment.yml").read_text().splitlines() if "==" in l}
+    pins = {line.strip().removeprefix("- ").strip() for line in (ROOT / "environment.yml").read_text().splitlines() if "==" in line}
     assert set(lock_pins(ROOT / "requirements.lock")) <= pins
 
 

@@ -45,8 +45,10 @@ def test_every_file_is_accounted_for(tmp_path):
     reasons = {r.source: r.reason for r in rejected}
     assert kept | set(reasons) == set(expected) and not kept & set(reasons)
     for source, fate in expected.items():
-        if fate == "kept": assert source in kept, (source, reasons.get(source))
-        else: assert fate in reasons.get(source, ""), (source, reasons.get(source))
+        if fate == "kept":
+            assert source in kept, (source, reasons.get(source))
+        else:
+            assert fate in reasons.get(source, ""), (source, reasons.get(source))
     latin = next(d for d in docs if d.source == "latin.txt")
     assert "Café" in latin.text and latin.encoding in ("cp1252", "latin-1")
     html = next(d for d in docs if d.source == "page.html")
@@ -78,7 +80,8 @@ def test_nothing_usable_is_a_clear_error(tmp_path, make, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         run_data_stage(corpus_dir=str(corpus), artifacts_dir=str(tmp_path / "out"), profile="default")
     rejected = tmp_path / "out" / "data" / "rejected.jsonl"
-    if corpus.exists() and any(corpus.iterdir()): assert rejected.exists() and len(read_jsonl(rejected)) == 2
+    if corpus.exists() and any(corpus.iterdir()):
+        assert rejected.exists() and len(read_jsonl(rejected)) == 2
 
 
 def test_a_large_text_file_is_ingested(tmp_path):
@@ -90,8 +93,10 @@ def test_a_large_text_file_is_ingested(tmp_path):
 
 def test_chunk_ids_are_stable_and_local(tmp_path):
     "Editing one document changes only that document's chunk ids; the corpus hash follows the content."
-    corpus = tmp_path / "c"; corpus.mkdir()
-    for i in range(3): (corpus / f"d{i}.md").write_text(MD.format(title=f"D{i}", i=i))
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"d{i}.md").write_text(MD.format(title=f"D{i}", i=i))
     run_data_stage(corpus_dir=str(corpus), artifacts_dir=str(tmp_path / "o1"), profile="default")
     run_data_stage(corpus_dir=str(corpus), artifacts_dir=str(tmp_path / "o2"), profile="default")
     (corpus / "d1.md").write_text(MD.format(title="D1 changed", i=1))
@@ -106,13 +111,14 @@ def test_chunk_ids_are_stable_and_local(tmp_path):
 
 def minimal_pdf(lines: list[str]) -> bytes:
     "A one-page PDF with a real text layer (Helvetica), built by hand so the test needs no PDF library."
-    stream = "BT /F1 12 Tf 72 720 Td 14 TL " + " ".join(f"({l}) '" for l in lines) + " ET"
+    stream = "BT /F1 12 Tf 72 720 Td 14 TL " + " ".join(f"({line}) '" for line in lines) + " ET"
     objs = ["<< /Type /Catalog /Pages 2 0 R >>", "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
             "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
             f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream", "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
     out, offsets = "%PDF-1.4\n", []
     for i, o in enumerate(objs, 1):
-        offsets.append(len(out)); out += f"{i} 0 obj\n{o}\nendobj\n"
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n{o}\nendobj\n"
     xref = len(out)
     out += f"xref\n0 {len(objs) + 1}\n0000000000 65535 f \n" + "".join(f"{o:010d} 00000 n \n" for o in offsets)
     out += f"trailer\n<< /Size {len(objs) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n"
@@ -146,7 +152,8 @@ def test_boilerplate_and_unicode_are_cleaned(tmp_path):
 def test_contract_violations_name_file_record_and_field(tmp_path):
     golden = tmp_path / "golden.jsonl"
     golden.write_text('{"id": "g1", "question": "ok?", "answer": "yes", "source": "a.md"}\n{"id": "g2", "question": "q?", "source": "a.md"}\n')
-    (tmp_path / "c").mkdir(); (tmp_path / "c" / "a.md").write_text(MD.format(title="A", i=1))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.md").write_text(MD.format(title="A", i=1))
     with pytest.raises(ValueError, match=r"golden.jsonl: record 2 \(g2\): field 'answer': Field required"):
         run_data_stage(corpus_dir=str(tmp_path / "c"), golden_path=str(golden), artifacts_dir=str(tmp_path / "o"))
 

@@ -30,7 +30,7 @@ def test_every_product_exists_with_lineage(smoke_run):
 
 
 def test_second_build_runs_no_task(smoke_run):
-    table = [l.split() for l in smoke_run["second"].splitlines() if l.split()[:1] and l.split()[0] in
+    table = [line.split() for line in smoke_run["second"].splitlines() if line.split()[:1] and line.split()[0] in
              ("data", "index", "finetune", "engine", "evaluate", "package", "monitor")]
     assert len(table) == 7 and all(row[1] == "False" for row in table), smoke_run["second"]
 
@@ -105,7 +105,8 @@ def test_monitor_reads_the_request_log(server, smoke_run):
 def test_service_refuses_an_index_that_does_not_match_its_manifest(smoke_run, tmp_path):
     import shutil
     art = tmp_path / "art"
-    for name in ("index", "data", "model"): shutil.copytree(smoke_run["artifacts"] / name, art / name)
+    for name in ("index", "data", "model"):
+        shutil.copytree(smoke_run["artifacts"] / name, art / name)
     manifest = json.loads((art / "index" / "manifest.json").read_text())
     (art / "index" / "manifest.json").write_text(json.dumps(manifest | {"n_chunks": manifest["n_chunks"] + 1}))
     p = subprocess.run([str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(free_port())], cwd=ROOT,
@@ -118,8 +119,10 @@ def test_lineage_reports_an_index_built_from_other_data(smoke_run, tmp_path):
     "Skew: the data changed after the index was built; the service starts, warns, and /lineage says so."
     import shutil
     art = tmp_path / "art"
-    for name in ("index", "data", "model", "engine"): shutil.copytree(smoke_run["artifacts"] / name, art / name)
-    df = pd.read_parquet(art / "data" / "chunks.parquet"); df.loc[0, "text"] = "a newer fact"
+    for name in ("index", "data", "model", "engine"):
+        shutil.copytree(smoke_run["artifacts"] / name, art / name)
+    df = pd.read_parquet(art / "data" / "chunks.parquet")
+    df.loc[0, "text"] = "a newer fact"
     df.to_parquet(art / "data" / "chunks.parquet")
     with serving({**smoke_run["env"], "LAB2PROD_ARTIFACTS": str(art)}) as (url, proc):
         lineage = httpx.get(f"{url}/lineage", timeout=30).json()

@@ -19,12 +19,14 @@ def test_importing_lab2prod_switches_telemetry_off():
 
 def test_makefile_exports_the_switches_for_command_line_tools():
     text = (ROOT / "Makefile").read_text()
-    for k, v in KEYS.items(): assert f"export {k} := {v}" in text, k
+    for k, v in KEYS.items():
+        assert f"export {k} := {v}" in text, k
 
 
 def test_bentofile_and_dvc_config_disable_tracking():
     assert "BENTOML_DO_NOT_TRACK" in (ROOT / "bentofile.yaml").read_text()
-    cfg = configparser.ConfigParser(); cfg.read(ROOT / ".dvc" / "config")
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / ".dvc" / "config")
     assert cfg["core"]["analytics"] == "false"
 
 

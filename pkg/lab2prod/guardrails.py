@@ -44,13 +44,15 @@ def check_prompt(text: str) -> Verdict:
     low = " ".join(text.lower().split())
     for category, patterns in RULES.items():
         for p in patterns:
-            if re.search(p, low): return Verdict(True, category, p)
+            if re.search(p, low):
+                return Verdict(True, category, p)
     return Verdict(False)
 
 
 def check_grounding(top_similarity: float | None, min_similarity: float = 0.25) -> Verdict:
     "Refuse when even the best retrieved chunk is unrelated to the question (cosine below `min_similarity`)."
-    if top_similarity is None or top_similarity < min_similarity: return Verdict(True, "out_of_scope", f"similarity<{min_similarity}")
+    if top_similarity is None or top_similarity < min_similarity:
+        return Verdict(True, "out_of_scope", f"similarity<{min_similarity}")
     return Verdict(False)
 
 # %% ../../nbs/03a_guardrails.ipynb #9a9c98f8

@@ -22,16 +22,11 @@ import pandas as pd
 
 from lab2prod.core import (
     atomic_write_json,
-    build_lineage,
     choose_embedding_backend,
     detect_hardware,
     file_hash,
     load_model,
-    read_jsonl,
     resolve_model,
-    stage_io,
-    start_mlflow_run,
-    write_lineage,
 )
 
 log = logging.getLogger(__name__)
@@ -46,7 +41,8 @@ __all__ = ['log', 'BACKENDS', 'COLLECTION', 'MANIFEST', 'MODES', 'CANDIDATES', '
 # %% ../../nbs/02_index.ipynb #33154c28
 def embed_texts(model, texts: list[str], batch_size: int = 32) -> np.ndarray:
     "Unit-length float32 embeddings of `texts`."
-    if not texts: return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+    if not texts:
+        return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
     return np.asarray(model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                                    convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
 
@@ -62,10 +58,13 @@ BACKENDS = ("torch", "torch-bf16", "onnx-int8")
 def _pooling_mode(model_dir: Path) -> str:
     "The pooling of a sentence-transformers folder: 'mean' or 'cls'."
     cfg_path = next(iter(sorted(model_dir.glob("*_Pooling/config.json"))), None)
-    if cfg_path is None: return "mean"
+    if cfg_path is None:
+        return "mean"
     cfg = json.loads(cfg_path.read_text())
-    if cfg.get("pooling_mode_mean_tokens"): return "mean"
-    if cfg.get("pooling_mode_cls_token"): return "cls"
+    if cfg.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if cfg.get("pooling_mode_cls_token"):
+        return "cls"
     raise ValueError(f"{model_dir}: pooling {cfg} is not supported by the onnx backend; use embedding_backend=torch")
 
 
@@ -80,11 +79,14 @@ def pooled_encoder(model, pooling: str, input_names: list[str]):
     import torch
 
     class Pooled(torch.nn.Module):
-        def __init__(self): super().__init__(); self.m = model
+        def __init__(self):
+            super().__init__()
+            self.m = model
         def forward(self, *args):
             kw = dict(zip(input_names, args))
             h = self.m(**kw, return_dict=False)[0].float()
-            if pooling == "cls": e = h[:, 0]
+            if pooling == "cls":
+                e = h[:, 0]
             else:
                 mask = kw["attention_mask"].unsqueeze(-1).float()
                 e = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -96,7 +98,8 @@ def pooled_encoder(model, pooling: str, input_names: list[str]):
 def model_folder(model_name: str, backend: str) -> Path:
     "The local folder of embedding model `model_name`: its path, or its snapshot in the Hugging Face cache."
     location = resolve_model("embedding", model_name).location
-    if Path(location).is_dir(): return Path(location)
+    if Path(location).is_dir():
+        return Path(location)
     from huggingface_hub import snapshot_download
     try:  # a download happens only where HF_HUB_OFFLINE=0 was set on purpose, as for the torch backend
         return Path(snapshot_download(location, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1"))
@@ -129,7 +132,8 @@ def export_onnx_embedder(model_name: str, out_dir: str | os.PathLike) -> Path:
     opt.save_model_to_file(str(tmp / "model.opt.onnx"))
     quantize_dynamic(str(tmp / "model.opt.onnx"), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8,
                      per_channel=True, extra_options={"DefaultTensorType": 1})  # 1 = float: shapes of fused ops
-    (tmp / "model.onnx").unlink(); (tmp / "model.opt.onnx").unlink()
+    (tmp / "model.onnx").unlink()
+    (tmp / "model.opt.onnx").unlink()
     tok.save_pretrained(str(tmp))
     atomic_write_json(tmp / "embedder.json", {"source": model_name, "location": str(src), "pooling": pooling,
                                               "dim": cfg.hidden_size, "max_length": _max_length(src), "inputs": names})
@@ -188,7 +192,8 @@ class Bf16Embedder:
                                     check_trace=False)
             self.graph = torch.jit.optimize_for_inference(torch.jit.freeze(graph))
             # the TorchScript executor profiles and optimizes on its first two calls: done here, not on a user's query
-            for _ in range(2): self.graph(*inputs)
+            for _ in range(2):
+                self.graph(*inputs)
 
     def get_sentence_embedding_dimension(self) -> int: return self.dim
 
@@ -205,7 +210,8 @@ class Bf16Embedder:
                 width = len(ids[idx[0]])  # the longest of this batch: texts are sorted longest first
                 batch = torch.full((len(idx), width), self.tokenizer.pad_token_id, dtype=torch.long)
                 mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for r, j in enumerate(idx): batch[r, :len(ids[j])], mask[r, :len(ids[j])] = torch.tensor(ids[j]), 1
+                for r, j in enumerate(idx):
+                    batch[r, :len(ids[j])], mask[r, :len(ids[j])] = torch.tensor(ids[j]), 1
                 out[idx] = self.graph(batch.to(self.device), mask.to(self.device)).cpu().numpy()
         return out
 
@@ -213,13 +219,18 @@ class Bf16Embedder:
 def load_embedder(name: str = "bundled", backend: str = "auto", cache_dir: str | os.PathLike | None = None):
     "The embedding model on `backend` (`auto`: chosen for this machine); the ONNX export is made once into `cache_dir`."
     backend = choose_embedding_backend(backend)
-    if backend not in BACKENDS: raise ValueError(f"embedding_backend {backend!r} is unknown; use one of {BACKENDS}")
-    if backend == "torch": return load_model("embedding", name)
-    if backend == "torch-bf16": return Bf16Embedder(name)
+    if backend not in BACKENDS:
+        raise ValueError(f"embedding_backend {backend!r} is unknown; use one of {BACKENDS}")
+    if backend == "torch":
+        return load_model("embedding", name)
+    if backend == "torch-bf16":
+        return Bf16Embedder(name)
     folder = Path(cache_dir) if cache_dir else None
-    if folder is None: raise ValueError("the onnx-int8 backend needs a cache_dir for its exported model")
+    if folder is None:
+        raise ValueError("the onnx-int8 backend needs a cache_dir for its exported model")
     info = folder / "embedder.json"
-    if not info.exists() or json.loads(info.read_text()).get("source") != name: export_onnx_embedder(name, folder)
+    if not info.exists() or json.loads(info.read_text()).get("source") != name:
+        export_onnx_embedder(name, folder)
     return OnnxEmbedder(folder)
 
 
@@ -247,11 +258,13 @@ def chroma_client(index_dir: str | os.PathLike):
 
 def open_collection(client, name: str = COLLECTION, create: bool = True, embedder_id: str | None = None):
     "The cosine-space collection `name`; with `create`, one whose vectors came from another embedder is emptied first."
-    if not create: return client.get_collection(name, embedding_function=None)
+    if not create:
+        return client.get_collection(name, embedding_function=None)
     meta = {"hnsw:space": "cosine", "lab2prod_embedder": embedder_id or "unknown"}
     if name in [c if isinstance(c, str) else c.name for c in client.list_collections()]:
         old = client.get_collection(name, embedding_function=None)
-        if (old.metadata or {}).get("lab2prod_embedder") == meta["lab2prod_embedder"]: return old
+        if (old.metadata or {}).get("lab2prod_embedder") == meta["lab2prod_embedder"]:
+            return old
         log.warning("collection %s holds vectors of embedder %s; rebuilding it for %s", name,
                     (old.metadata or {}).get("lab2prod_embedder"), meta["lab2prod_embedder"])
         client.delete_collection(name)
@@ -263,7 +276,8 @@ def sync_collection(collection, df: pd.DataFrame, embedder, batch: int = 256) ->
     existing = set(collection.get(include=[])["ids"]) if collection.count() else set()
     wanted = set(df.chunk_id)
     stale, new = sorted(existing - wanted), df[~df.chunk_id.isin(existing)]
-    for i in range(0, len(stale), 5000): collection.delete(ids=stale[i:i + 5000])
+    for i in range(0, len(stale), 5000):
+        collection.delete(ids=stale[i:i + 5000])
     t0 = time.perf_counter()
     for i in range(0, len(new), batch):
         part = new.iloc[i:i + batch]
@@ -325,20 +339,28 @@ def read_manifest(index_dir: str | os.PathLike) -> dict:
     "The index manifest, or a clear error when the folder is not a complete index."
     index_dir = Path(index_dir)
     path = index_dir / MANIFEST
-    if not index_dir.is_dir(): raise IndexError_(f"index folder {index_dir} does not exist; run the index task")
-    if not path.exists(): raise IndexError_(f"{index_dir} has no {MANIFEST}: the index was never completed")
-    try: return json.loads(path.read_text())
-    except json.JSONDecodeError as e: raise IndexError_(f"{path} is corrupted ({e.msg})") from e
+    if not index_dir.is_dir():
+        raise IndexError_(f"index folder {index_dir} does not exist; run the index task")
+    if not path.exists():
+        raise IndexError_(f"{index_dir} has no {MANIFEST}: the index was never completed")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise IndexError_(f"{path} is corrupted ({e.msg})") from e
 
 
 def verify_index(index_dir: str | os.PathLike) -> tuple[dict, object, pd.DataFrame]:
     "Check that an index folder is complete and agrees with its manifest; returns (manifest, collection, chunks)."
     index_dir = Path(index_dir)
     manifest = read_manifest(index_dir)
-    try: chunks = pd.read_parquet(index_dir / "chunks.parquet")
-    except (OSError, ValueError) as e: raise IndexError_(f"{index_dir}/chunks.parquet is unreadable ({e})") from e
-    try: collection = open_collection(chroma_client(index_dir), manifest["collection"], create=False)
-    except Exception as e: raise IndexError_(f"Chroma collection {manifest['collection']!r} cannot be opened: {e}") from e
+    try:
+        chunks = pd.read_parquet(index_dir / "chunks.parquet")
+    except (OSError, ValueError) as e:
+        raise IndexError_(f"{index_dir}/chunks.parquet is unreadable ({e})") from e
+    try:
+        collection = open_collection(chroma_client(index_dir), manifest["collection"], create=False)
+    except Exception as e:
+        raise IndexError_(f"Chroma collection {manifest['collection']!r} cannot be opened: {e}") from e
     if collection.count() != manifest["n_chunks"] or len(chunks) != manifest["n_chunks"]:
         raise IndexError_(f"index in {index_dir} does not match its manifest: {collection.count()} vectors and "
                           f"{len(chunks)} chunks, manifest says {manifest['n_chunks']}")
@@ -350,7 +372,8 @@ class Retriever:
 
     def __init__(self, index_dir: Path, manifest: dict, collection, chunks: pd.DataFrame, embedder, bm25,
                  mode: str = "hybrid"):
-        if mode not in MODES: raise ValueError(f"retrieval_mode {mode!r} is unknown; use one of {MODES}")
+        if mode not in MODES:
+            raise ValueError(f"retrieval_mode {mode!r} is unknown; use one of {MODES}")
         self.index_dir, self.manifest, self.collection, self.chunks = index_dir, manifest, collection, chunks
         self.embedder, self.bm25, self.mode = embedder, bm25, mode
         self._row = {c: i for i, c in enumerate(chunks.chunk_id)}
@@ -396,8 +419,10 @@ class Retriever:
     def __len__(self) -> int: return len(self.chunks)
 
     def _check_k(self, k: int) -> int:
-        if not isinstance(k, int) or isinstance(k, bool) or k <= 0: raise ValueError(f"k must be a positive integer, got {k!r}")
-        if k > len(self): raise ValueError(f"k={k} is larger than the collection ({len(self)} chunks)")
+        if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if k > len(self):
+            raise ValueError(f"k={k} is larger than the collection ({len(self)} chunks)")
         return k
 
     def dense_rows(self, query: str, n: int) -> list[int]:
@@ -413,11 +438,14 @@ class Retriever:
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
         "The `k` best chunks for `query`, best first."
-        if not isinstance(query, str) or not query.strip(): raise ValueError("query must be a non-empty string")
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("query must be a non-empty string")
         k = self._check_k(k)
         n = min(len(self), max(4 * k, CANDIDATES))  # a fixed pool: the top 5 do not depend on the k asked for
-        if self.mode == "dense": ranked = [(r, 1.0 / (61 + i)) for i, r in enumerate(self.dense_rows(query, n))]
-        elif self.mode == "lexical": ranked = [(r, 1.0 / (61 + i)) for i, r in enumerate(self.lexical_rows(query, n))]
+        if self.mode == "dense":
+            ranked = [(r, 1.0 / (61 + i)) for i, r in enumerate(self.dense_rows(query, n))]
+        elif self.mode == "lexical":
+            ranked = [(r, 1.0 / (61 + i)) for i, r in enumerate(self.lexical_rows(query, n))]
         else:  # the two retrievers release the GIL in native code, so they overlap
             lexical = _POOL.submit(self.lexical_rows, query, n)
             ranked = rrf([self.dense_rows(query, n), lexical.result()])
@@ -441,11 +469,14 @@ def build_index(chunks_path: str | os.PathLike, index_dir: str | os.PathLike, em
                 retrieval_mode: str = "hybrid", embedding_backend: str = "auto", embedder=None) -> dict:
     "Build or incrementally update the index in `index_dir` from `chunks_path`; returns the manifest."
     requested, embedding_backend = embedding_backend, choose_embedding_backend(embedding_backend)
-    if retrieval_mode not in MODES: raise ValueError(f"retrieval_mode {retrieval_mode!r} is unknown; use one of {MODES}")
+    if retrieval_mode not in MODES:
+        raise ValueError(f"retrieval_mode {retrieval_mode!r} is unknown; use one of {MODES}")
     index_dir = Path(index_dir)
     df = pd.read_parquet(chunks_path)
-    if df.empty: raise ValueError(f"{chunks_path} holds no chunks: nothing to index")
-    if not df.chunk_id.is_unique: raise ValueError(f"{chunks_path}: chunk_id values are not unique")
+    if df.empty:
+        raise ValueError(f"{chunks_path} holds no chunks: nothing to index")
+    if not df.chunk_id.is_unique:
+        raise ValueError(f"{chunks_path}: chunk_id values are not unique")
     spec = resolve_model("embedding", embedding_model)
     index_dir.mkdir(parents=True, exist_ok=True)
     embedder = embedder or load_embedder(embedding_model, embedding_backend, index_dir / "embedder")
@@ -476,8 +507,9 @@ def check_skew(index_dir: str | os.PathLike, chunks_path: str | os.PathLike | No
     path = Path(chunks_path or m["chunks_path"])
     current = data_fingerprint(path) if path.exists() else None
     ok = current == m["data_sha256"]
-    if not ok: log.warning("index %s was built from data %s, but %s now holds %s: re-run the index task",
-                           index_dir, m["data_sha256"][:12], path, (current or "nothing")[:12])
+    if not ok:
+        log.warning("index %s was built from data %s, but %s now holds %s: re-run the index task",
+                    index_dir, m["data_sha256"][:12], path, (current or "nothing")[:12])
     return {"in_step": ok, "index_data_sha256": m["data_sha256"], "current_data_sha256": current, "chunks_path": str(path)}
 
 # %% ../../nbs/02_index.ipynb #b6b2befc
@@ -506,10 +538,12 @@ def retrieval_explorer(retriever: Retriever, k: int = 5):
     out = w.Output()
     def show(_=None):
         out.clear_output()
-        if not q.value.strip(): return
+        if not q.value.strip():
+            return
         with out:
             rows = "".join(f"<tr><td>{h.score:.4f}</td><td>{h.source}</td><td>{h.heading}</td>"
                            f"<td>{h.text[:300]}</td></tr>" for h in retriever.search(q.value, kk.value))
             display(HTML(f"<table><tr><th>score</th><th>source</th><th>heading</th><th>text</th></tr>{rows}</table>"))
-    q.observe(show, "value"); kk.observe(show, "value")
+    q.observe(show, "value")
+    kk.observe(show, "value")
     return w.VBox([w.HBox([q, kk]), out])

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import atomic_write_json, atomic_write_jsonl, read_jsonl, stage_io
+from .core import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ def load_logs(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def length_drift(current: list[str], reference: list[str]) -> float:
     "Population stability index of question length in words (0: same distribution; > 0.25: a real shift)."
-    if not current or not reference: return float("nan")
+    if not current or not reference:
+        return float("nan")
     bins = np.quantile([len(q.split()) for q in reference], np.linspace(0, 1, 6))
     bins[0], bins[-1] = -np.inf, np.inf
     cur = np.histogram([len(q.split()) for q in current], bins)[0] / len(current) + 1e-4
@@ -57,8 +58,11 @@ def summarize(requests: pd.DataFrame, feedback: pd.DataFrame, golden: list[dict]
            "feedback": int(len(feedback)),
            "negative_feedback_rate": float((feedback.rating < 0).mean()) if len(feedback) else None}
     recs = []
-    if rep["question_length_psi"] > 0.25: recs.append("questions differ from the golden set: extend it from the logs")
-    if (rep["negative_feedback_rate"] or 0) > 0.2: recs.append("more than 20% negative feedback: re-curate data and retrain")
-    if (rep["refusal_rate"] or 0) > 0.3: recs.append("more than 30% refusals: check corpus coverage")
+    if rep["question_length_psi"] > 0.25:
+        recs.append("questions differ from the golden set: extend it from the logs")
+    if (rep["negative_feedback_rate"] or 0) > 0.2:
+        recs.append("more than 20% negative feedback: re-curate data and retrain")
+    if (rep["refusal_rate"] or 0) > 0.3:
+        recs.append("more than 30% refusals: check corpus coverage")
     rep["recommendations"] = recs or ["no action needed"]
     return rep

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 import bentoml
 from pydantic import BaseModel, Field
 
-from .core import atomic_write_json, detect_hardware, disable_telemetry, resolve_path, stage_io
+from .core import detect_hardware, disable_telemetry, resolve_path
 
 with bentoml.importing():
     from lab2prod.engine import EngineError, PromptTooLong

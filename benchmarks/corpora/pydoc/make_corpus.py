@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-
 from pydoc_data.topics import topics
 
 
