@@ -73,7 +73,14 @@ def serving(env: dict, ready_timeout: int = 240):
             pytest.fail(f"service not ready in {ready_timeout} s")
         yield url, proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        import psutil
+        with contextlib.suppress(psutil.NoSuchProcess):
+            tree = psutil.Process(proc.pid).children(recursive=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+        for child in locals().get("tree", []):  # workers live in sessions of their own: none may outlive the test
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
         proc.final_output = proc.output()
         log.close()

@@ -148,7 +148,10 @@ def test_request_log_survives_a_crash(smoke_run, tmp_path):
                                timeout=120).json()["request_id"] for i in range(4)]
         inflight = subprocess.Popen([sys.executable, "-c", f"import httpx; httpx.post('{url}/ask', json={{'question': 'backups?', "
                                      "'max_new_tokens': 256}, timeout=60)"])
-        os.killpg(proc.pid, signal.SIGKILL)
+        import psutil
+        tree = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        for pid in tree:  # BentoML's workers run in sessions of their own: kill each, as a machine crash would
+            os.kill(pid, signal.SIGKILL)
         inflight.wait(60)
     logged = {r.get("request_id") for r in read_jsonl(tmp_path / "requests.jsonl")}
     assert set(answered) <= logged
