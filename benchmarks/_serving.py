@@ -1,11 +1,13 @@
 """Shared helpers of the serving benchmarks (generation_speed.py, service_load.py); not a benchmark itself.
 
-- `Service`: `bentoml serve` of an artifacts folder on a free loopback port, in its own process group, logging to a
-  temp file; ready when GET /readyz answers 200; stopped (the whole process tree, llama-server included) on exit.
+- `Service`: `bentoml serve` of an artifacts folder on a free loopback port, in a session of its own, logging to a
+  temp file; ready when GET /readyz answers 200; stopped (the whole process tree, llama-server included) on exit,
+  and sent SIGTERM by Linux if the benchmark's process dies first.
 - `machine_info()`: CPU model, cores, memory, GPU, date: what every result file records next to its numbers.
+- `OtherLoad`: how many cores other processes kept busy during a measurement (the machines are shared).
 - `run_clients()`: N concurrent clients (asyncio + httpx), each sending the same list of requests (or looping over
   it until a deadline); total wall time, per-request latency, completion tokens, time to first token, status codes.
-- `percentiles()`, `tree_pids()`, `tree_rss_mb()`, `kill_tree()`.
+- `percentiles()`, `tree_pids()`, `tree_rss_mb()`, `kill_tree()`, `llama_prompt_counters()`, `question_pool()`.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ SMOKE_ARTIFACTS = Path("/tmp/smoke/art")
 _T0 = time.perf_counter()
 
 
-def progress(msg: str, **_) -> None:
+def progress(msg: str) -> None:
     "A progress line, stamped with the seconds since the benchmark started."
     print(f"[{time.perf_counter() - _T0:6.1f} s] {msg}", flush=True)
 
@@ -151,7 +153,7 @@ def contention_note(other_cores: float, cores: int) -> str | None:
 
 
 def kill_tree(proc: subprocess.Popen, grace: float = 15) -> None:
-    "Stop `proc` (started with start_new_session) and every descendant: the group first, then stragglers by pid."
+    "Stop `proc` (leader of its own session) and every descendant: the group first, then stragglers by pid."
     pids = tree_pids(proc.pid) if proc.poll() is None else []
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGTERM)
@@ -169,6 +171,7 @@ def kill_tree(proc: subprocess.Popen, grace: float = 15) -> None:
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p, signal.SIGKILL)
+
 
 def _own_group() -> None:
     "In the child, before exec: a process group of its own, and SIGTERM when this benchmark's process ends."
@@ -242,6 +245,19 @@ class Service:
         "Resident memory of the whole service: bentoml's processes and the llama-server under them."
         return tree_rss_mb(self.proc.pid)
 
+    def engine_url(self) -> str | None:
+        "The URL of the llama-server the service started (None when its engine is not one)."
+        for p in tree_pids(self.proc.pid):
+            with contextlib.suppress(OSError):
+                args = Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace").split("\0")
+                if Path(args[0]).name == "llama-server" and "--port" in args:
+                    return f"http://127.0.0.1:{args[args.index('--port') + 1]}"
+        return None
+
+    def engine_prompt_tokens(self) -> tuple[float, float]:
+        "Prompt tokens the service's llama-server has computed, and those it took from its prompt cache, so far."
+        return llama_prompt_counters(self.engine_url()) if self.engine_url() else (0.0, 0.0)
+
     def metric(self, name: str) -> float:
         "The sum of the samples of metric `name` (all label sets) on /metrics."
         import httpx
@@ -258,6 +274,35 @@ class Service:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+# --- llama-server's counters, questions -----------------------------------------------------------------------------
+
+
+def llama_prompt_counters(url: str) -> tuple[float, float]:
+    "Prompt tokens a llama-server (started with --metrics) has computed, and those it took from its cache."
+    import httpx
+    m = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("llamacpp:prompt_tokens"):
+            name, value = line.split()
+            m[name] = float(value)
+    return m.get("llamacpp:prompt_tokens_total", 0.0), m.get("llamacpp:prompt_tokens_cached_total", 0.0)
+
+
+def cache_share(before: tuple[float, float], after: tuple[float, float]) -> float | None:
+    "The share of prompt tokens served from the cache between two `llama_prompt_counters` readings."
+    done, cached = after[0] - before[0], after[1] - before[1]
+    return round(cached / (done + cached), 3) if done + cached else None
+
+
+def question_pool(artifacts: str | os.PathLike) -> list[str]:
+    "Distinct questions about the corpus of an artifacts folder: the golden set's, then the training set's."
+    from lab2prod.core import read_jsonl
+    art = Path(artifacts)
+    qs = [g["question"] for g in read_jsonl(art / "data/golden.jsonl")]
+    if (art / "data/train.jsonl").exists():
+        qs += [t["question"] for t in read_jsonl(art / "data/train.jsonl") if t.get("question")]
+    return list(dict.fromkeys(q.strip() for q in qs if q.strip()))
 
 # --- concurrent clients ---------------------------------------------------------------------------------------------
 
@@ -318,7 +363,7 @@ async def _run_clients(n_clients: int, requests: list, send, duration_s: float |
                 start = time.perf_counter()
                 try:
                     res = await send(client, req)
-                except httpx.HTTPError as e:
+                except Exception as e:  # a transport error or an answer that cannot be read: counted, not fatal
                     res = Result(0, 0, extra={"error": f"{type(e).__name__}: {e}"})
                 res.latency_s = time.perf_counter() - start
                 results.append(res)

@@ -6,21 +6,25 @@ Everything runs on the bundled GGUF model and the adapter of an artifacts folder
 (b) Ours, one stream: `start_llama_server(gguf, lora_file=<engine>/adapter.gguf)` with the engine's slots and context,
     POST /completion of one chat prompt as token ids (128 tokens, temperature 0, ignore_eos), timings.predicted_per_second,
     median of the repeats; the same server without the adapter shows what the adapter costs.
-(c) Concurrency at 1/4/8/16 clients, each client sending the same list of RAG prompts (golden questions with the 4
-    passages the index retrieves, through lab2prod.rag.build_messages and the engine's chat template), streamed, so
-    the time to the first token is measured at the client: total completion tokens/s and mean time to first token of
+(c) Concurrency at 1/4/8/16 clients, each client sending the same list of RAG prompts (questions with the 4 passages
+    the index retrieves, through lab2prod.rag.build_messages and the engine's chat template), streamed, so the time
+    to the first token is measured at the client: total completion tokens/s and mean time to first token of
       - ours: the server of (b), with the body the service sends (its `_completion_body`) plus ignore_eos;
       - baseline: llama-server started as a user would (`-np 16 -c 8192 -t <cores>`, no adapter), the same bodies.
-        Its 8192 tokens are split into 16 slots of 512, which most RAG prompts do not fit (llama-server answers 400):
-        that is recorded, and the baseline is started again with the same 16 slots of our per-slot context;
-      - the HTTP service, streamed POST /v1/chat/completions with the questions only (it retrieves and builds the same
-        prompts itself): the client's time to first token, retrieval and HTTP included;
-      - the HTTP service, POST /ask with the questions only (its answer carries no time to first token; answers stop
-        at the end-of-answer token, so compare its requests/s as well as its tokens/s).
+        Its 8192 tokens are split into 16 slots of 512, too small for a RAG prompt and its answer (llama-server refuses
+        a prompt longer than a slot with 400, and stops an answer where the slot is full): that is recorded, with a
+        probe of the longest prompt, and the baseline is started again with 16 slots of our per-slot context;
+      - the HTTP service, POST /ask with the same questions only (it retrieves and builds the same prompts itself; its
+        answers carry no time to first token and stop at the end-of-answer token, so compare requests/s too);
+      - the HTTP service, streamed POST /v1/chat/completions: the client's time to the first answer text, retrieval and
+        HTTP included (on a list of other questions, see below).
     Each level runs the targets one after another, `--repeats` times, and keeps medians; ratios are x / baseline.
-    Prompt caching: ours and the baseline get `cache_prompt: false` (every request pays for its whole prompt; pass
-    --cache-prompt to send what the service sends); the service's engine always caches, and the same questions come
-    back in every run, so its times to first token are a lower bound (the streamed runs come first for that reason).
+    Prompt caching: llama-server keeps every prompt it has seen (slots and an 8 GiB RAM cache), and the service's
+    engine always asks for it. So every repeat of every level takes a list of questions none of the servers has seen
+    (golden questions first, then the training set's questions), /ask and the streamed chat get different lists, and
+    ours and the baseline send `cache_prompt: true` like the service (--no-cache-prompt: every request pays its whole
+    prompt). Within a run the clients share the list, so repeats hit the cache in every target alike; the share of
+    prompt tokens served from the cache is recorded for each target (`prompt_cache_hit`).
 
 All servers are up together (an idle llama-server uses no CPU). Every result records how many cores processes
 outside the benchmark kept busy (`other_cores_busy`): llama.cpp with a thread per core slows down many times over
@@ -48,16 +52,18 @@ from _serving import (
     OtherLoad,
     Result,
     Service,
+    cache_share,
     contention_note,
     exit_on_sigterm,
     machine_info,
     mean,
     progress,
+    question_pool,
     run_clients,
     sse_event,
 )
 
-from lab2prod.core import atomic_write_json, read_jsonl, resolve_model
+from lab2prod.core import atomic_write_json, resolve_model
 from lab2prod.engine import (
     EngineServer,
     _completion_body,
@@ -73,19 +79,18 @@ def bundled_gguf() -> Path:
     return Path(s.location) / s.gguf_file
 
 
-def build_prompts(art: Path, tokenizer_dir: Path, n: int) -> tuple[list[str], list[list[int]], list[int]]:
-    "Golden questions, their RAG prompts as token ids (k=4, as the service builds them), and a short chat prompt."
+def build_prompts(questions: list[str], art: Path, tokenizer_dir: Path) -> tuple[dict[str, list[int]], list[int]]:
+    "RAG prompts of `questions` as token ids (k=4, as the service builds them), and a short chat prompt."
     from transformers import AutoTokenizer
 
     from lab2prod.engine import Engine
     from lab2prod.index import Retriever
     from lab2prod.rag import build_messages
-    questions = [g["question"] for g in read_jsonl(art / "data/golden.jsonl")][:n]
     engine = Engine(AutoTokenizer.from_pretrained(tokenizer_dir))
     retriever = Retriever.load(art / "index")
-    rag = [engine.prompt_ids(build_messages(q, [h.text for h in retriever.search(q, 4)])) for q in questions]
+    rag = {q: engine.prompt_ids(build_messages(q, [h.text for h in retriever.search(q, 4)])) for q in questions}
     short = engine.prompt_ids([{"role": "user", "content": questions[0]}])
-    return questions, rag, short
+    return rag, short
 
 
 def llama_bench(gguf: Path, cores: int, n_prompt: int, n_gen: int, reps: int) -> dict:
@@ -105,7 +110,7 @@ def llama_bench(gguf: Path, cores: int, n_prompt: int, n_gen: int, reps: int) ->
 
 def one_stream(url: str, ids: list[int], n_predict: int) -> float:
     "Decode tokens/s of one greedy completion the server reports (timings.predicted_per_second)."
-    body = _completion_body(ids, n_predict, False) | {"ignore_eos": True}
+    body = _completion_body(ids, n_predict, False) | {"ignore_eos": True, "cache_prompt": False}
     r = httpx.post(f"{url}/completion", json=body, timeout=600)
     r.raise_for_status()
     t = r.json()["timings"]
@@ -151,7 +156,7 @@ def ask_sender(max_new_tokens: int):
 def chat_stream_sender(max_new_tokens: int):
     "Streamed POST /v1/chat/completions: the client's time to the first answer text, tokens from the usage event."
     async def send(client: httpx.AsyncClient, question: str) -> Result:
-        t0, ttft, tokens = time.perf_counter(), None, 0
+        t0, ttft, tokens, prompt_n = time.perf_counter(), None, 0, None
         body = {"model": "lab2prod-rag", "messages": [{"role": "user", "content": question}], "max_tokens": max_new_tokens,
                 "stream": True, "stream_options": {"include_usage": True}}
         async with client.stream("POST", "/v1/chat/completions", json=body) as r:
@@ -165,20 +170,22 @@ def chat_stream_sender(max_new_tokens: int):
                     if (choice.get("delta") or {}).get("content") and ttft is None:
                         ttft = time.perf_counter() - t0
                 if ev.get("usage"):
-                    tokens = ev["usage"]["completion_tokens"]
-        return Result(0, r.status_code, tokens, ttft)
+                    tokens, prompt_n = ev["usage"]["completion_tokens"], ev["usage"]["prompt_tokens"]
+        return Result(0, r.status_code, tokens, ttft, {"prompt_n": prompt_n})
     return send
 
 
-def summarize(runs: list) -> dict:
+def summarize(runs: list, cache_hits: list[float] | None = None) -> dict:
     "Median over repeats of each run's numbers, and the repeats themselves."
     sums = [r.summary() for r in runs]
-    cache = [x.extra["cache_n"] / x.extra["prompt_n"] for r in runs for x in r.ok if "cache_n" in x.extra]
+    if cache_hits is None:  # from the streams' own timings
+        cache_hits = [x.extra["cache_n"] / x.extra["prompt_n"] for r in runs for x in r.ok if "cache_n" in x.extra]
     refused = sum(bool(x.extra.get("refused")) for r in runs for x in r.ok)
     med = lambda key: (round(statistics.median(v), 4) if (v := [s[key] for s in sums if s[key] is not None]) else None)
     return {"tokens_per_s": med("tokens_per_s"), "requests_per_s": med("requests_per_s"), "mean_ttft_s": med("mean_ttft_s"),
             "mean_completion_tokens": med("mean_completion_tokens"), "errors": sum(s["errors"] for s in sums),
-            "prompt_cache_hit": mean(cache, 3), "refused": refused,
+            "prompt_cache_hit": mean(cache_hits, 3), "refused": refused,
+            "mean_prompt_tokens": mean([x.extra.get("prompt_n") for r in runs for x in r.ok], 1),
             "error_examples": [x.extra.get("error") for r in runs for x in r.results if x.extra.get("error")][:3],
             "runs": [{k: s[k] for k in ("requests", "ok", "wall_s", "tokens_per_s", "mean_ttft_s", "completion_tokens")}
                      for s in sums]}
@@ -199,9 +206,15 @@ def main(a: argparse.Namespace) -> dict:
     service = Service(art).start()  # it loads while the prompts are built
     servers: list[EngineServer] = []
     try:
-        questions, rag, short = build_prompts(art, art / "engine" / spec.tokenizer, a.requests_per_client)
-        progress(f"{len(rag)} RAG prompts of {min(map(len, rag))}-{max(map(len, rag))} tokens; short prompt {len(short)} tokens",
-              flush=True)
+        # every repeat of every level: a fresh list for ours, the baseline and /ask, and another for the streamed chat
+        pool, n = question_pool(art), a.requests_per_client
+        need = len(a.clients) * a.repeats * 2 * n
+        lists = [[pool[(i * n + j) % len(pool)] for j in range(n)] for i in range(len(a.clients) * a.repeats * 2)]
+        rag, short = build_prompts(list(dict.fromkeys(q for lst in lists for q in lst)), art, art / "engine" / spec.tokenizer)
+        lens = [len(ids) for ids in rag.values()]
+        progress(f"{len(rag)} RAG prompts of {min(lens)}-{max(lens)} tokens (mean {sum(lens) / len(lens):.0f}) from a pool of "
+                 f"{len(pool)} questions{'' if need <= len(pool) else f' (reused: the runs need {need})'}; "
+                 f"short prompt {len(short)} tokens")
         ours = start_llama_server(gguf, lora, parallel=spec.parallel, ctx_per_slot=spec.ctx_per_slot)
         plain = start_llama_server(gguf, None, parallel=spec.parallel, ctx_per_slot=spec.ctx_per_slot)
         servers += [ours, plain]
@@ -212,15 +225,21 @@ def main(a: argparse.Namespace) -> dict:
         user = EngineServer([str(exe), *user_args, "--host", "127.0.0.1", "--port", str(port)], port)
         servers.append(user)
         n_ctx_slot = httpx.get(f"{user.url}/props").json()["default_generation_settings"]["n_ctx"]
-        too_long = [i for i, ids in enumerate(rag) if len(ids) + a.tokens > n_ctx_slot]
-        probe = None
-        if too_long:
-            r = httpx.post(f"{user.url}/completion", json=_completion_body(rag[too_long[0]], a.tokens, False), timeout=600)
-            probe = {"status": r.status_code, "body": r.text[:200]}
+        too_long = [q for q, ids in rag.items() if len(ids) + a.tokens > n_ctx_slot]
         as_user = {"command": "llama-server " + " ".join(user_args).replace(str(gguf), Path(gguf).name),
-                   "n_ctx_per_slot": n_ctx_slot, "prompts_that_do_not_fit": f"{len(too_long)}/{len(rag)}", "probe": probe}
+                   "n_ctx_per_slot": n_ctx_slot, "prompts_that_do_not_fit": f"{len(too_long)}/{len(rag)}",
+                   "prompts_longer_than_a_slot": sum(len(ids) > n_ctx_slot for ids in rag.values())}
+        if too_long:  # what a user sees: the longest prompt is refused (400) or its answer cut where the slot is full
+            longest = max(too_long, key=lambda q: len(rag[q]))
+            body = _completion_body(rag[longest], a.tokens, False) | {"ignore_eos": True}
+            r = httpx.post(f"{user.url}/completion", json=body, timeout=600)
+            out = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+            as_user["probe"] = {"prompt_tokens": len(rag[longest]), "n_predict": a.tokens, "status": r.status_code,
+                                "tokens_predicted": out.get("tokens_predicted"),
+                                "error": (out.get("error") or {}).get("message") if r.status_code != 200 else None}
         if too_long:
             user.close()
+            user.log_file.unlink(missing_ok=True)
             servers.remove(user)
             fit_args = ["-m", str(gguf), "-np", str(a.baseline_slots), "-c", str(a.baseline_slots * spec.ctx_per_slot),
                         "-t", str(cores)]
@@ -229,10 +248,11 @@ def main(a: argparse.Namespace) -> dict:
             servers.append(user)
             as_user["measured_with"] = "llama-server " + " ".join(fit_args).replace(str(gguf), Path(gguf).name)
         baseline = user
-        progress(f"baseline as a user starts it: {as_user['prompts_that_do_not_fit']} prompts do not fit its {n_ctx_slot}-token "
-              f"slots{'; measured with ' + as_user['measured_with'] if too_long else ''}", flush=True)
+        progress(f"baseline as a user starts it: {as_user['prompts_that_do_not_fit']} prompts + answers do not fit its "
+                 f"{n_ctx_slot}-token slots ({as_user['prompts_longer_than_a_slot']} prompts alone); probe "
+                 f"{as_user.get('probe')}{'; measured with ' + as_user['measured_with'] if too_long else ''}")
         service.wait_ready()
-        progress(f"service ready in {service.startup_s} s", flush=True)
+        progress(f"service ready in {service.startup_s} s")
 
         # (a) llama-bench and (b) one stream, alternating
         whole, load = OtherLoad().start(), OtherLoad().start()
@@ -253,23 +273,30 @@ def main(a: argparse.Namespace) -> dict:
         single["ratio_no_lora_vs_llama_bench"] = ratio(single["ours_no_lora_tokens_per_s"], tg)
         single["adapter_cost"] = ratio(single["ours_lora_tokens_per_s"], single["ours_no_lora_tokens_per_s"])
         progress(f"one stream: llama-bench tg{a.tokens} {tg} tok/s | ours+lora {single['ours_lora_tokens_per_s']} | "
-              f"ours no lora {single['ours_no_lora_tokens_per_s']}", flush=True)
+                 f"ours no lora {single['ours_no_lora_tokens_per_s']}")
 
         # (c) concurrency
-        targets = {"ours": (ours.url, rag, completion_sender(a.tokens, a.cache_prompt)),
-                   "baseline": (baseline.url, rag, completion_sender(a.tokens, a.cache_prompt))}
-        if not a.no_chat_stream:  # before /ask: the service's engine keeps prompts cached, the first to come is uncached
-            targets["service_chat_stream"] = (service.url, questions, chat_stream_sender(a.tokens))
-        targets["service_ask"] = (service.url, questions, ask_sender(a.tokens))
+        cache = not a.no_cache_prompt
+        targets = {"ours": (ours.url, completion_sender(a.tokens, cache)),
+                   "baseline": (baseline.url, completion_sender(a.tokens, cache)),
+                   "service_ask": (service.url, ask_sender(a.tokens))}
+        if not a.no_chat_stream:
+            targets["service_chat_stream"] = (service.url, chat_stream_sender(a.tokens))
         run_clients(1, ["What is a job?"], ask_sender(8), service.url)  # warm-up of the service's first request
-        conc = {}
+        conc, fresh = {}, iter(lists)
         for c in a.clients:
-            runs = {name: [] for name in targets}
+            runs, hits = {name: [] for name in targets}, {"service_ask": [], "service_chat_stream": []}
             load = OtherLoad().start()
             for _ in range(a.repeats):
-                for name, (url, reqs, send) in targets.items():
+                questions, chat_questions = next(fresh), next(fresh)
+                for name, (url, send) in targets.items():
+                    reqs = ([rag[q] for q in questions] if name in ("ours", "baseline") else
+                            chat_questions if name == "service_chat_stream" else questions)
+                    before = service.engine_prompt_tokens() if name.startswith("service") else None
                     runs[name].append(run_clients(c, reqs, send, url))
-            level = {name: summarize(r) for name, r in runs.items()}
+                    if before is not None:
+                        hits[name].append(cache_share(before, service.engine_prompt_tokens()))
+            level = {name: summarize(r, hits.get(name)) for name, r in runs.items()}
             level["other_cores_busy"] = load.stop()
             base = level["baseline"]
             for name in targets:
@@ -277,14 +304,14 @@ def main(a: argparse.Namespace) -> dict:
                     level[name]["tokens_per_s_vs_baseline"] = ratio(level[name]["tokens_per_s"], base["tokens_per_s"])
                     level[name]["ttft_vs_baseline"] = ratio(level[name]["mean_ttft_s"], base["mean_ttft_s"])
             conc[str(c)] = level
-            progress(f"{c:>2} clients: " + " | ".join(f"{n} {level[n]['tokens_per_s']} tok/s, ttft {level[n]['mean_ttft_s']} s"
-                                                  f"{' (' + str(level[n]['errors']) + ' errors)' if level[n]['errors'] else ''}"
-                                                  for n in targets) + f" | other processes: {level['other_cores_busy']} cores",
-                  flush=True)
+            progress(f"{c:>2} clients: " + " | ".join(f"{t} {level[t]['tokens_per_s']} tok/s, ttft {level[t]['mean_ttft_s']} s"
+                                                     f"{' (' + str(level[t]['errors']) + ' errors)' if level[t]['errors'] else ''}"
+                                                     for t in targets) + f" | other processes: {level['other_cores_busy']} cores")
         other = whole.stop()
     finally:
         for s in servers:
             s.close()
+            s.log_file.unlink(missing_ok=True)  # EngineServer's log lives in /tmp and is not removed by close()
         service.close()
     res = {"machine": info | {"load_avg_after": os.getloadavg()}, "quick": a.quick, "artifacts": str(art),
            "model": gguf.name, "adapter": str(lora), "engine": {"parallel": spec.parallel, "ctx_per_slot": spec.ctx_per_slot},
@@ -302,16 +329,14 @@ def print_table(res: dict) -> None:
     print(f"\none stream, {s['n_predict']} tokens (tokens/s): llama-bench {s['llama_bench'][next(k for k in s['llama_bench'] if k.startswith('tg'))]}"
           f" | ours+adapter {s['ours_lora_tokens_per_s']} ({s['ratio_lora_vs_llama_bench']}x)"
           f" | ours, no adapter {s['ours_no_lora_tokens_per_s']} ({s['ratio_no_lora_vs_llama_bench']}x); adapter cost {s['adapter_cost']}x")
-    names = [n for n in next(iter(res["concurrency"].values())) if n != "other_cores_busy"]
-    print("| clients | " + " | ".join(f"{n} tok/s | {n} ttft s" for n in names) + " |")
-    print("|---" * (1 + 2 * len(names)) + "|")
+    print("\n| clients | target | tokens/s | vs baseline | requests/s | mean ttft s | ttft vs baseline | prompt tokens | "
+          "cache hit | errors |\n|---|---|---|---|---|---|---|---|---|---|")
     for c, level in res["concurrency"].items():
-        cells = []
-        for n in names:
-            v = level[n]
-            r = f" ({v['tokens_per_s_vs_baseline']}x)" if "tokens_per_s_vs_baseline" in v else ""
-            cells += [f"{v['tokens_per_s']}{r}", f"{v['mean_ttft_s']}"]
-        print(f"| {c} | " + " | ".join(cells) + " |")
+        for n, v in level.items():
+            if n != "other_cores_busy":
+                print(f"| {c} | {n} | {v['tokens_per_s']} | {v.get('tokens_per_s_vs_baseline', '')} | {v['requests_per_s']} | "
+                      f"{v['mean_ttft_s'] if v['mean_ttft_s'] is not None else '-'} | {v.get('ttft_vs_baseline') or ''} | "
+                      f"{v['mean_prompt_tokens']} | {v['prompt_cache_hit']} | {v['errors']} |")
     if res["warning"]:
         print("WARNING:", res["warning"])
     print(f"({res['seconds']} s; results in the JSON file)")
@@ -325,13 +350,12 @@ if __name__ == "__main__":
     ap.add_argument("--tokens", type=int, default=128, help="tokens generated per request")
     ap.add_argument("--bench-prompt", type=int, default=64, help="llama-bench -p")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
-    ap.add_argument("--requests-per-client", type=int, default=4, help="length of the list of prompts each client sends")
+    ap.add_argument("--requests-per-client", type=int, default=2, help="length of the list of prompts each client sends")
     ap.add_argument("--baseline-slots", type=int, default=16)
     ap.add_argument("--baseline-ctx", type=int, default=8192)
     ap.add_argument("--no-chat-stream", action="store_true", help="skip the streamed /v1/chat/completions runs")
-    ap.add_argument("--cache-prompt", action="store_true",
-                    help="let ours and the baseline reuse a slot's cached prompt, as the service's engine does (default: "
-                         "off, so every request's time to first token includes its whole prompt)")
+    ap.add_argument("--no-cache-prompt", action="store_true",
+                    help="ours and the baseline compute every prompt in full (the service's engine always uses its cache)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     exit_on_sigterm()

@@ -3,15 +3,21 @@
 The service is `bentoml serve` of an artifacts folder (default: the smoke run's) on a free loopback port, with the
 rate limit lifted and its request log in a temp folder.
 
+Questions: the golden set's, then the training set's (`question_pool`). Every /retrieve query is made new by a
+number after the question, so the service's query-vector cache never answers for the embedder; /ask questions repeat,
+and the share of prompt tokens the engine served from its prompt cache is recorded (`prompt_cache_hit`).
+
 (a) /retrieve: 32 concurrent clients for `--retrieve-seconds` -> queries/s and p50/p99 latency; the mean batch size
     the micro-batcher formed, from the service's /metrics (lab2prod_retrieve_batch_size_sum / _count over the phase).
     Baseline in the same run: the same number of queries sent one at a time by 1 client -> queries/s; ratio.
-(b) /ask at 1/8/32 clients, each looping over the golden questions for `--ask-seconds`
+(b) /ask at 1/8/32 clients, each looping over the questions for `--ask-seconds`
     (max_new_tokens `--ask-tokens`): answers/s, completion tokens/s, p50/p99 latency.
 (c) soak (`--soak-minutes`): open-loop mixed traffic at `--soak-rate` requests/s, 70% /retrieve, 25% /ask
     (max_new_tokens 32), 5% bad input that must get a 4xx; counts 5xx (must be 0) and other wrong statuses, p50/p99
     per route, and the resident memory of the whole service (bentoml's processes and the llama-server under them,
-    VmRSS summed over the process tree) at the start and at the end of the soak -> growth in %.
+    VmRSS summed over the process tree) at the start and at the end of the soak -> growth in %, with a trace along
+    the way (llama-server keeps the prompts it has seen in a RAM cache of up to 8 GiB by default, so its memory
+    grows with the number of distinct prompts).
 
 Every phase records how many cores processes outside the benchmark kept busy (`other_cores_busy`); a run with a
 warning shared the machine and is not representative.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import sys
@@ -37,15 +44,17 @@ from _serving import (
     OtherLoad,
     Result,
     Service,
+    cache_share,
     contention_note,
     exit_on_sigterm,
     machine_info,
     percentiles,
     progress,
+    question_pool,
     run_clients,
 )
 
-from lab2prod.core import atomic_write_json, read_jsonl
+from lab2prod.core import atomic_write_json
 
 # bad requests of the soak: each must be answered 4xx (never 5xx, never 2xx)
 BAD = [("/retrieve", {"query": "", "k": 4}, None), ("/retrieve", {"query": "   ", "k": 4}, None),
@@ -54,9 +63,10 @@ BAD = [("/retrieve", {"query": "", "k": 4}, None), ("/retrieve", {"query": "   "
        ("/ask", None, b'{"question": "unterminated'), ("/retrieve", {"query": "retry", "k": "four"}, None)]
 
 
-def retrieve_sender(k: int = 4):
+def retrieve_sender(counter: itertools.count, k: int = 4):
+    "POST /retrieve; a number after the question makes every query new, so none is served from the query cache."
     async def send(client: httpx.AsyncClient, query: str) -> Result:
-        r = await client.post("/retrieve", json={"query": query, "k": k})
+        r = await client.post("/retrieve", json={"query": f"{query} ({next(counter)})", "k": k})
         return Result(0, r.status_code, extra={} if r.status_code == 200 else {"error": r.text[:200]})
     return send
 
@@ -76,13 +86,14 @@ def latency_ms(run) -> dict:
 
 def retrieve_phase(svc: Service, queries: list[str], clients: int, seconds: float) -> dict:
     "32 clients for `seconds`, then the same number of queries one at a time."
-    run_clients(4, queries, retrieve_sender(), svc.url)  # warm-up (the embedder's first batches)
+    counter = itertools.count()
+    run_clients(4, queries[:8], retrieve_sender(counter), svc.url)  # warm-up (the embedder's first batches)
     s0, n0 = svc.metric("lab2prod_retrieve_batch_size_sum"), svc.metric("lab2prod_retrieve_batch_size_count")
-    conc = run_clients(clients, queries, retrieve_sender(), svc.url, duration_s=seconds)
+    conc = run_clients(clients, queries, retrieve_sender(counter), svc.url, duration_s=seconds)
     s1, n1 = svc.metric("lab2prod_retrieve_batch_size_sum"), svc.metric("lab2prod_retrieve_batch_size_count")
     n = len(conc.results)
     seq_list = (queries * (n // len(queries) + 1))[:n]
-    seq = run_clients(1, seq_list, retrieve_sender(), svc.url, rotate=False)
+    seq = run_clients(1, seq_list, retrieve_sender(counter), svc.url, rotate=False)
     c, q = conc.summary(), seq.summary()
     return {"concurrent": {"clients": clients, "queries": n, "errors": c["errors"], "wall_s": c["wall_s"],
                            "queries_per_s": c["requests_per_s"], "latency_ms": latency_ms(conc),
@@ -97,20 +108,23 @@ def ask_phase(svc: Service, questions: list[str], clients: list[int], seconds: f
     run_clients(1, questions[:1], ask_sender(8), svc.url)  # warm-up
     out = {}
     for c in clients:
+        before = svc.engine_prompt_tokens()
         run = run_clients(c, questions, ask_sender(tokens), svc.url, duration_s=seconds)
         s = run.summary()
         out[str(c)] = {"answers": s["ok"], "errors": s["errors"], "statuses": s["statuses"], "wall_s": s["wall_s"],
                        "answers_per_s": s["requests_per_s"], "tokens_per_s": s["tokens_per_s"],
-                       "mean_completion_tokens": s["mean_completion_tokens"], "latency_ms": latency_ms(run)}
+                       "mean_completion_tokens": s["mean_completion_tokens"], "latency_ms": latency_ms(run),
+                       "prompt_cache_hit": cache_share(before, svc.engine_prompt_tokens()),
+                       "error_examples": [r.extra["error"] for r in run.results if r.extra.get("error")][:3]}
         progress(f"  /ask {c:>2} clients: {s['requests_per_s']} answers/s, {s['tokens_per_s']} tok/s, "
-              f"p50 {out[str(c)]['latency_ms']['p50']} ms, p99 {out[str(c)]['latency_ms']['p99']} ms, {s['errors']} errors",
-              flush=True)
+                 f"p50 {out[str(c)]['latency_ms']['p50']} ms, p99 {out[str(c)]['latency_ms']['p99']} ms, {s['errors']} errors, "
+                 f"prompt cache hit {out[str(c)]['prompt_cache_hit']}")
     return out
 
 
 async def _soak(svc: Service, questions: list[str], seconds: float, rate: float, tokens: int, seed: int = 0) -> dict:
     "Open loop: a request every 1/rate s on average (Poisson arrivals), whatever the answers' speed."
-    rng = random.Random(seed)
+    rng, counter = random.Random(seed), itertools.count()
     results: dict[str, list] = {"retrieve": [], "ask": [], "bad": []}
     tasks = []
 
@@ -125,15 +139,25 @@ async def _soak(svc: Service, questions: list[str], seconds: float, rate: float,
             elif route == "ask":
                 r = await client.post("/ask", json={"question": rng.choice(questions), "k": 4, "max_new_tokens": tokens})
             else:
-                r = await client.post("/retrieve", json={"query": rng.choice(questions), "k": 4})
+                r = await client.post("/retrieve", json={"query": f"{rng.choice(questions)} ({next(counter)})", "k": 4})
             status = r.status_code
         except httpx.HTTPError as e:
             status = f"{type(e).__name__}"
         results[route].append((time.perf_counter() - t0, status))
 
+    trace, every = [], max(5.0, seconds / 20)
+
+    async def sample_rss(t0: float) -> None:  # the service's memory along the way, not only at both ends
+        while True:
+            rss = svc.rss_mb()
+            engine = sum(v for k, v in rss["processes"].items() if k.endswith(":llama-server"))
+            trace.append([round(time.perf_counter() - t0, 1), rss["total_mb"], round(engine, 1)])
+            await asyncio.sleep(every)
+
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=svc.url, timeout=300, limits=limits) as client:
         t0 = time.perf_counter()
+        sampler = asyncio.create_task(sample_rss(t0))
         next_at = t0
         while (now := time.perf_counter()) < t0 + seconds:
             if now < next_at:
@@ -145,7 +169,9 @@ async def _soak(svc: Service, questions: list[str], seconds: float, rate: float,
         sent_s = time.perf_counter() - t0
         await asyncio.gather(*tasks)
         drain_s = time.perf_counter() - t0 - sent_s
-    out = {"requests": sum(map(len, results.values())), "send_s": round(sent_s, 1), "drain_s": round(drain_s, 1)}
+        sampler.cancel()
+    out = {"requests": sum(map(len, results.values())), "send_s": round(sent_s, 1), "drain_s": round(drain_s, 1),
+           "rss_trace_mb": {"columns": ["s", "service_total", "llama_server"], "rows": trace}}
     for route, rows in results.items():
         statuses: dict[str, int] = {}
         for _, s in rows:
@@ -161,9 +187,10 @@ async def _soak(svc: Service, questions: list[str], seconds: float, rate: float,
 
 def soak_phase(svc: Service, questions: list[str], minutes: float, rate: float, tokens: int) -> dict:
     run_clients(2, questions[:2], ask_sender(8), svc.url)  # warm-up, so the start's memory is a served state
-    rss0 = svc.rss_mb()
+    rss0, before = svc.rss_mb(), svc.engine_prompt_tokens()
     out = asyncio.run(_soak(svc, questions, minutes * 60, rate, tokens))
     rss1 = svc.rss_mb()
+    out["ask_prompt_cache_hit"] = cache_share(before, svc.engine_prompt_tokens())
     out |= {"minutes": minutes, "rate_per_s": rate, "ask_max_new_tokens": tokens,
             "rss_start_mb": rss0["total_mb"], "rss_end_mb": rss1["total_mb"],
             "rss_growth_pct": round(100 * (rss1["total_mb"] - rss0["total_mb"]) / rss0["total_mb"], 2),
@@ -171,9 +198,23 @@ def soak_phase(svc: Service, questions: list[str], minutes: float, rate: float, 
     return out
 
 
+def log_errors(log: str, keep: int = 10) -> dict:
+    "The service log's [ERROR] records: how many, and the first `keep` with the last lines of their tracebacks."
+    records, current = [], None
+    for line in log.splitlines():
+        if " [ERROR] " in line or " [WARNING] " in line or " [INFO] " in line:
+            current = [line] if " [ERROR] " in line else None
+            if current is not None:
+                records.append(current)
+        elif current is not None:
+            current.append(line)
+    return {"count": len(records),
+            "first": [r[0][:300] + (" ... " + " | ".join(x.strip() for x in r[-3:]) if len(r) > 1 else "") for r in records[:keep]]}
+
+
 def main(a: argparse.Namespace) -> dict:
     art = Path(a.artifacts)
-    questions = [g["question"] for g in read_jsonl(art / "data/golden.jsonl")]
+    questions = question_pool(art)
     info = machine_info() | {"load_avg_before": os.getloadavg()}
     t0 = time.perf_counter()
     res: dict = {"quick": a.quick, "artifacts": str(art),
@@ -181,15 +222,15 @@ def main(a: argparse.Namespace) -> dict:
     with Service(art) as svc:
         res["service_startup_s"] = svc.startup_s
         whole = OtherLoad().start()
-        progress(f"service ready in {svc.startup_s} s; {svc.rss_mb()['total_mb']} MB resident", flush=True)
+        progress(f"service ready in {svc.startup_s} s; {svc.rss_mb()['total_mb']} MB resident")
         load = OtherLoad().start()
         res["retrieve"] = retrieve_phase(svc, questions, a.retrieve_clients, a.retrieve_seconds)
         res["retrieve"]["other_cores_busy"] = load.stop()
         r = res["retrieve"]
         progress(f"  /retrieve {a.retrieve_clients} clients: {r['concurrent']['queries_per_s']} q/s, p50 "
-              f"{r['concurrent']['latency_ms']['p50']} ms, p99 {r['concurrent']['latency_ms']['p99']} ms, mean batch "
-              f"{r['concurrent']['mean_batch_size']} | 1 client: {r['one_at_a_time']['queries_per_s']} q/s | "
-              f"{r['throughput_ratio']}x", flush=True)
+                 f"{r['concurrent']['latency_ms']['p50']} ms, p99 {r['concurrent']['latency_ms']['p99']} ms, mean batch "
+                 f"{r['concurrent']['mean_batch_size']} | 1 client: {r['one_at_a_time']['queries_per_s']} q/s | "
+                 f"{r['throughput_ratio']}x")
         load = OtherLoad().start()
         res["ask"] = ask_phase(svc, questions, a.ask_clients, a.ask_seconds, a.ask_tokens)
         res["ask_other_cores_busy"] = load.stop()
@@ -198,10 +239,9 @@ def main(a: argparse.Namespace) -> dict:
             res["soak"] = soak_phase(svc, questions, a.soak_minutes, a.soak_rate, 32)
             res["soak"]["other_cores_busy"] = load.stop()
             s = res["soak"]
-            progress(f"  soak {a.soak_minutes} min at {a.soak_rate}/s: {s['requests']} requests, 5xx {s['5xx']}, "
-                  f"RSS {s['rss_start_mb']} -> {s['rss_end_mb']} MB ({s['rss_growth_pct']:+}%)", flush=True)
-        errors = [line for line in svc.log_tail(200_000).splitlines() if " [ERROR] " in line or "Traceback" in line]
-        res["service_log_errors"] = errors[:20]
+            progress(f"  soak {a.soak_minutes * 60:.0f} s at {a.soak_rate:g}/s: {s['requests']} requests, 5xx {s['5xx']}, "
+                     f"RSS {s['rss_start_mb']} -> {s['rss_end_mb']} MB ({s['rss_growth_pct']:+}%)")
+        res["service_log_errors"] = log_errors(svc.log_file.read_text(errors="replace"))
         res["other_cores_busy"] = whole.stop()
         res["warning"] = contention_note(res["other_cores_busy"], info["cores"])
     res["machine"] = info | {"load_avg_after": os.getloadavg()}
@@ -213,13 +253,13 @@ def main(a: argparse.Namespace) -> dict:
 
 def print_table(res: dict) -> None:
     r = res["retrieve"]
-    print("\n| phase | clients | req/s | tok/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")
+    print("\n| phase | clients | req/s | tok/s | p50 ms | p99 ms | errors | prompt cache hit |\n|---|---|---|---|---|---|---|---|")
     for name, clients, v in (("/retrieve", r["concurrent"]["clients"], r["concurrent"]),
                              ("/retrieve one at a time", 1, r["one_at_a_time"])):
-        print(f"| {name} | {clients} | {v['queries_per_s']} | | {v['latency_ms']['p50']} | {v['latency_ms']['p99']} | {v['errors']} |")
+        print(f"| {name} | {clients} | {v['queries_per_s']} | | {v['latency_ms']['p50']} | {v['latency_ms']['p99']} | {v['errors']} | |")
     for c, v in res["ask"].items():
         print(f"| /ask | {c} | {v['answers_per_s']} | {v['tokens_per_s']} | {v['latency_ms']['p50']} | "
-              f"{v['latency_ms']['p99']} | {v['errors']} |")
+              f"{v['latency_ms']['p99']} | {v['errors']} | {v['prompt_cache_hit']} |")
     print(f"/retrieve batching: {r['throughput_ratio']}x the one-at-a-time throughput, mean batch {r['concurrent']['mean_batch_size']}")
     if s := res.get("soak"):
         print("| soak route | requests | unexpected status | p50 ms | p99 ms |\n|---|---|---|---|---|")
@@ -230,7 +270,7 @@ def print_table(res: dict) -> None:
               f"{s['rss_end_mb']} MB ({s['rss_growth_pct']:+}%)")
     if res["warning"]:
         print("WARNING:", res["warning"])
-    print(f"({res['seconds']} s; service log errors: {len(res['service_log_errors'])})")
+    print(f"({res['seconds']} s; [ERROR] records in the service log: {res['service_log_errors']['count']})")
 
 
 if __name__ == "__main__":
@@ -248,6 +288,6 @@ if __name__ == "__main__":
     a = ap.parse_args()
     exit_on_sigterm()
     if a.quick:
-        a.retrieve_seconds, a.ask_seconds, a.ask_tokens, a.soak_minutes = 8, 6, 16, 20 / 60
+        a.retrieve_seconds, a.ask_seconds, a.ask_tokens, a.soak_minutes = 5, 4, 16, 20 / 60
     a.out = a.out or ROOT / f"benchmarks/results/service_load{'.quick' if a.quick else ''}.json"
     main(a)

@@ -302,15 +302,21 @@ class EngineServer:
         self.url = f"http://127.0.0.1:{port}"
         self.log_file = Path(log_file or tempfile.mkstemp(prefix=f"{Path(args[0]).name}-", suffix=".log")[1])
         self._restart_lock = threading.Lock()
+        # Linux ties PR_SET_PDEATHSIG to the *thread* that started the child: a server started from a short-lived worker
+        # thread (a restart inside a request) would die with that thread. One long-lived thread starts them all.
+        self._starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-starter")
         atexit.register(self.close)
         self.start()
 
     def start(self) -> None:
-        "Start the process and wait until the model is loaded."
-        with open(self.log_file, "ab") as out:  # a file, not a pipe: a full pipe would stall the server
-            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                         env=self.env)
+        "Start the process (from the long-lived starter thread) and wait until the model is loaded."
+        self.proc = self._starter.submit(self._spawn).result()
         self._wait_ready(self.ready_timeout)
+
+    def _spawn(self) -> subprocess.Popen:
+        with open(self.log_file, "ab") as out:  # a file, not a pipe: a full pipe would stall the server
+            return subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                                    env=self.env)
 
     def restart_if_dead(self) -> bool:
         "Start the server again when it has died (a crash, a kill); True when it had to."
@@ -342,12 +348,17 @@ class EngineServer:
         return self.proc.poll() is None
 
     def close(self) -> None:
+        "Stop the server; its log goes with it unless it ended badly."
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(10)
+        if self.proc.returncode in (0, -signal.SIGTERM):
+            self.log_file.unlink(missing_ok=True)
+        self._starter.shutdown(wait=False)
 
 # %% ../../nbs/03c_engine.ipynb #2052248f
 def start_llama_server(model_file: str | os.PathLike, lora_file: str | os.PathLike | None = None, parallel: int = 8,
@@ -359,7 +370,7 @@ def start_llama_server(model_file: str | os.PathLike, lora_file: str | os.PathLi
     port = free_port()
     args = [str(exe), "-m", str(model_file), "--host", "127.0.0.1", "--port", str(port), "--no-webui",
             "-t", str(threads or len(os.sched_getaffinity(0))), "-np", str(parallel), "-c", str(parallel * ctx_per_slot),
-            "--metrics"]
+            "--metrics", "--cache-ram", "0"]  # no host-memory prompt cache: memory stays flat under traffic
     if lora_file:
         args += ["--lora", str(lora_file)]
     return EngineServer(args, port, ctx_per_slot, ready_timeout)
@@ -374,9 +385,10 @@ class PromptTooLong(ValueError):
 
 
 def _completion_body(ids: list[int], max_new_tokens: int, stream: bool) -> dict:
-    # temperature 0 is greedy in llama.cpp; cache_prompt reuses a slot's KV cache for a shared prompt prefix
+    # temperature 0 is greedy. No prompt cache: a prefix reused from a slot was computed in another batch shape, and
+    # that alone can change a greedy answer; the same request must give the same answer (what is evaluated is served)
     return {"prompt": ids, "n_predict": max_new_tokens, "temperature": 0.0, "top_k": 1, "stream": stream,
-            "cache_prompt": True, "return_tokens": False}
+            "cache_prompt": False, "return_tokens": False}
 
 
 def _llama_generation(body: dict, n_prompt: int, seconds: float, ttft: float | None = None) -> Generation:

@@ -531,6 +531,9 @@ class Lab2Prod:
         self.log = RequestLog(self.settings.log_dir or self.artifacts / "logs", self.settings.log_max_bytes)
         self.batcher = MicroBatcher(self._search_batch, self.settings.batch_max_size, self.settings.batch_max_latency_ms,
                                     on_batch=RETRIEVE_BATCH.observe)
+        # /ask questions are embedded together too; the chain then finds their vectors in the retriever's cache
+        self.embed_batcher = MicroBatcher(self.chain.retriever.embed_queries, self.settings.batch_max_size,
+                                          self.settings.batch_max_latency_ms)
         self.n_chunks = len(self.chain.retriever)
         serving = self.chain.engine.describe() | {"gpu": detect_hardware().gpu, "cpu": detect_hardware().cpu,
                                                   "embedding_backend": self.chain.lineage.get("embedding_backend")}
@@ -556,7 +559,9 @@ class Lab2Prod:
         await asyncio.to_thread(self.log.append, name, record)
 
     async def _answer(self, question: str, k: int, max_new_tokens: int, route: str) -> dict:
+        from lab2prod.guardrails import scrub_pii
         t0 = time.perf_counter()
+        await self.embed_batcher.submit(scrub_pii(question)[0])  # the chain embeds the scrubbed question
         IN_FLIGHT.inc()
         try:
             out = await self.chain.aask(question, k=k, max_new_tokens=max_new_tokens)
