@@ -407,7 +407,8 @@ class LlamaCppEngine(Engine):
         import httpx
         super().__init__(tokenizer, info)
         self.server = server
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        # llama-server drops idle keep-alive connections after 5 s: let them go sooner, so none is reused as it closes
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=2)
         self.client = httpx.Client(base_url=server.url, timeout=600, limits=limits)
         self._aclient: dict = {}  # one async client per event loop
 
@@ -417,7 +418,7 @@ class LlamaCppEngine(Engine):
         loop = asyncio.get_running_loop()
         if loop not in self._aclient:
             self._aclient[loop] = httpx.AsyncClient(base_url=self.server.url, timeout=600,
-                                                    limits=httpx.Limits(max_connections=256))
+                                                    limits=httpx.Limits(max_connections=256, keepalive_expiry=2))
         return self._aclient[loop]
 
     def checked_ids(self, messages: list[dict], max_new_tokens: int) -> list[int]:
@@ -442,8 +443,9 @@ class LlamaCppEngine(Engine):
             try:
                 r = self.client.post("/completion", json=body)
                 break
-            except httpx.TransportError as e:
-                if attempt == 2 or not self._revive(e):
+            except httpx.TransportError as e:  # generation has no side effects: a dropped connection is retried once
+                self._revive(e)
+                if attempt == 2:
                     raise EngineError(f"{self.name} engine unreachable: {e}") from e
         if r.status_code != 200:
             raise EngineError(f"{self.name} engine answered {r.status_code}: {r.text[:300]}")
@@ -456,7 +458,8 @@ class LlamaCppEngine(Engine):
                 r = await self.aclient.post("/completion", json=body)
                 break
             except httpx.TransportError as e:
-                if attempt == 2 or not await asyncio.to_thread(self._revive, e):
+                await asyncio.to_thread(self._revive, e)
+                if attempt == 2:
                     raise EngineError(f"{self.name} engine unreachable: {e}") from e
         if r.status_code != 200:
             raise EngineError(f"{self.name} engine answered {r.status_code}: {r.text[:300]}")
