@@ -177,7 +177,8 @@ def test_gateway_limits(smoke_run):
 
 def test_256_concurrent_requests_get_answers_or_429s(smoke_run):
     "At the default per-client rate limit, a burst of 256 gets 200s and 429s only, and the service stays up."
-    env = {**smoke_run["env"], "LAB2PROD_ARTIFACTS": str(smoke_run["artifacts"])}
+    # the deadline is lifted: this test is about admission under a burst, not about a slow shared machine
+    env = {**smoke_run["env"], "LAB2PROD_ARTIFACTS": str(smoke_run["artifacts"]), "LAB2PROD_DEADLINE_S": "900"}
     with serving(env) as (url, _):
         async def burst():
             async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=256)) as c:
