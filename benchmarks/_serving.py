@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE_ARTIFACTS = Path("/tmp/smoke/art")
+SMOKE_ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # a pipeline run of this checkout
 
 
 _T0 = time.perf_counter()

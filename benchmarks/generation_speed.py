@@ -1,6 +1,6 @@
 """Decode speed of the served engine (llama-server with the LoRA adapter) against plain llama.cpp on the same weights.
 
-Everything runs on the bundled GGUF model and the adapter of an artifacts folder (default: the smoke run's).
+Everything runs on the bundled GGUF model and the adapter of an artifacts folder (default: ./artifacts, the pipeline's run).
 
 (a) Baseline, one stream: `llama-bench -m <gguf> -t <cores> -p 64 -n 128 -r 3 -o json` -> tg128 tokens/s.
 (b) Ours, one stream: `start_llama_server(gguf, lora_file=<engine>/adapter.gguf)` with the engine's slots and context,
@@ -30,7 +30,7 @@ All servers are up together (an idle llama-server uses no CPU). Every result rec
 outside the benchmark kept busy (`other_cores_busy`): llama.cpp with a thread per core slows down many times over
 when another process takes a core, so a run with a warning is not representative.
 
-    .venv/bin/python benchmarks/generation_speed.py [--quick] [--artifacts /tmp/smoke/art]
+    .venv/bin/python benchmarks/generation_speed.py [--quick] [--artifacts artifacts]
 """
 from __future__ import annotations
 

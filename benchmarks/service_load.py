@@ -1,6 +1,6 @@
 """The HTTP service under load: /retrieve micro-batching, /ask at 1/8/32 clients, and a soak of mixed traffic.
 
-The service is `bentoml serve` of an artifacts folder (default: the smoke run's) on a free loopback port, with the
+The service is `bentoml serve` of an artifacts folder (default: ./artifacts, the pipeline's run) on a free loopback port, with the
 rate limit lifted and its request log in a temp folder.
 
 Questions: the golden set's, then the training set's (`question_pool`). Every /retrieve query is made new by a
@@ -16,8 +16,8 @@ and the share of prompt tokens the engine served from its prompt cache is record
     (max_new_tokens 32), 5% bad input that must get a 4xx; counts 5xx (must be 0) and other wrong statuses, p50/p99
     per route, and the resident memory of the whole service (bentoml's processes and the llama-server under them,
     VmRSS summed over the process tree) at the start and at the end of the soak -> growth in %, with a trace along
-    the way (llama-server keeps the prompts it has seen in a RAM cache of up to 8 GiB by default, so its memory
-    grows with the number of distinct prompts).
+    the way (the engine starts llama-server with its host-memory prompt cache off, which by default would grow up to
+    8 GiB with the number of distinct prompts).
 
 Every phase records how many cores processes outside the benchmark kept busy (`other_cores_busy`); a run with a
 warning shared the machine and is not representative.
