@@ -37,7 +37,9 @@ def test_openai_client_gets_answers_and_streams(service):
     chunks = list(stream)
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed.strip() == text  # greedy: the same answer, delivered in pieces
-    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 2, "more than one piece arrived"
+    pieces = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
+    # the scrubber holds back the last 48 characters, so a short answer may arrive as one piece
+    assert pieces >= (2 if len(text) > 60 else 1), (pieces, text)
     assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
     assert [m.id for m in client.models.list().data] == ["lab2prod-rag"]
 
