@@ -19,7 +19,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from lab2prod.engine import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # a pipeline run of this checkout
@@ -40,13 +41,6 @@ _T0 = time.perf_counter()
 def progress(msg: str) -> None:
     "A progress line, stamped with the seconds since the benchmark started."
     print(f"[{time.perf_counter() - _T0:6.1f} s] {msg}", flush=True)
-
-
-def free_port() -> int:
-    "A free TCP port on the loopback interface."
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def machine_info() -> dict:
