@@ -10,6 +10,9 @@ and the share of prompt tokens the engine served from its prompt cache is record
 (a) /retrieve: 32 concurrent clients for `--retrieve-seconds` -> queries/s and p50/p99 latency; the mean batch size
     the micro-batcher formed, from the service's /metrics (lab2prod_retrieve_batch_size_sum / _count over the phase).
     Baseline in the same run: the same number of queries sent one at a time by 1 client -> queries/s; ratio.
+    Then paced: the same 32 clients, each sending one query every 32/R s (R = each `--retrieve-paced-share` of the
+    closed-loop queries/s), so the service runs below saturation as it would in production -> p50/p99. (With 32
+    clients sending back to back, latency is 32 / throughput by Little's law: the closed-loop p99 measures capacity.)
 (b) /ask at 1/8/32 clients, each looping over the questions for `--ask-seconds`
     (max_new_tokens `--ask-tokens`): answers/s, completion tokens/s, p50/p99 latency.
 (c) soak (`--soak-minutes`): open-loop mixed traffic at `--soak-rate` requests/s, 70% /retrieve, 25% /ask
@@ -102,6 +105,35 @@ def retrieve_phase(svc: Service, queries: list[str], clients: int, seconds: floa
             "one_at_a_time": {"clients": 1, "queries": n, "errors": q["errors"], "wall_s": q["wall_s"],
                               "queries_per_s": q["requests_per_s"], "latency_ms": latency_ms(seq)},
             "throughput_ratio": round(c["requests_per_s"] / q["requests_per_s"], 2) if q["requests_per_s"] else None}
+
+
+async def _paced(url: str, queries: list[str], clients: int, rate: float, seconds: float, counter) -> list:
+    "`clients` clients, each sending a query every clients/rate s (staggered starts): (latency_s, status) of each."
+    period, rows = clients / rate, []
+    send = retrieve_sender(counter)
+
+    async def client_loop(client: httpx.AsyncClient, i: int, t0: float) -> None:
+        n = 0
+        while (at := t0 + (i / clients + n) * period) < t0 + seconds:
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            t = time.perf_counter()
+            r = await send(client, queries[(i + n * clients) % len(queries)])
+            rows.append((time.perf_counter() - t, r.status))
+            n += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client_loop(client, i, t0) for i in range(clients)))
+    return rows
+
+
+def paced_retrieve(svc: Service, queries: list[str], clients: int, rate: float, seconds: float) -> dict:
+    "/retrieve latency with `clients` clients sending at `rate` queries/s in total."
+    rows = asyncio.run(_paced(svc.url, queries, clients, rate, seconds, itertools.count(10**6)))
+    ok = [t for t, s in rows if s == 200]
+    return {"clients": clients, "rate_per_s": round(rate, 1), "queries": len(rows), "errors": len(rows) - len(ok),
+            "latency_ms": {k: round(v * 1000, 1) if v is not None else None for k, v in percentiles(ok).items()}}
 
 
 def ask_phase(svc: Service, questions: list[str], clients: list[int], seconds: float, tokens: int) -> dict:
@@ -225,12 +257,15 @@ def main(a: argparse.Namespace) -> dict:
         progress(f"service ready in {svc.startup_s} s; {svc.rss_mb()['total_mb']} MB resident")
         load = OtherLoad().start()
         res["retrieve"] = retrieve_phase(svc, questions, a.retrieve_clients, a.retrieve_seconds)
-        res["retrieve"]["other_cores_busy"] = load.stop()
         r = res["retrieve"]
+        r["paced"] = [paced_retrieve(svc, questions, a.retrieve_clients, share * r["concurrent"]["queries_per_s"],
+                                     a.retrieve_seconds) | {"share_of_capacity": share} for share in a.retrieve_paced_share]
+        r["other_cores_busy"] = load.stop()
         progress(f"  /retrieve {a.retrieve_clients} clients: {r['concurrent']['queries_per_s']} q/s, p50 "
                  f"{r['concurrent']['latency_ms']['p50']} ms, p99 {r['concurrent']['latency_ms']['p99']} ms, mean batch "
                  f"{r['concurrent']['mean_batch_size']} | 1 client: {r['one_at_a_time']['queries_per_s']} q/s | "
-                 f"{r['throughput_ratio']}x")
+                 f"{r['throughput_ratio']}x | paced: " + ", ".join(
+                     f"{p['rate_per_s']} q/s p50 {p['latency_ms']['p50']} ms p99 {p['latency_ms']['p99']} ms" for p in r["paced"]))
         load = OtherLoad().start()
         res["ask"] = ask_phase(svc, questions, a.ask_clients, a.ask_seconds, a.ask_tokens)
         res["ask_other_cores_busy"] = load.stop()
@@ -257,6 +292,9 @@ def print_table(res: dict) -> None:
     for name, clients, v in (("/retrieve", r["concurrent"]["clients"], r["concurrent"]),
                              ("/retrieve one at a time", 1, r["one_at_a_time"])):
         print(f"| {name} | {clients} | {v['queries_per_s']} | | {v['latency_ms']['p50']} | {v['latency_ms']['p99']} | {v['errors']} | |")
+    for v in r["paced"]:
+        print(f"| /retrieve paced at {v['share_of_capacity']:.0%} of capacity | {v['clients']} | {v['rate_per_s']} | | "
+              f"{v['latency_ms']['p50']} | {v['latency_ms']['p99']} | {v['errors']} | |")
     for c, v in res["ask"].items():
         print(f"| /ask | {c} | {v['answers_per_s']} | {v['tokens_per_s']} | {v['latency_ms']['p50']} | "
               f"{v['latency_ms']['p99']} | {v['errors']} | {v['prompt_cache_hit']} |")
@@ -279,6 +317,8 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true", help="short phases and a 20 s soak: a smoke check")
     ap.add_argument("--retrieve-clients", type=int, default=32)
     ap.add_argument("--retrieve-seconds", type=float, default=20)
+    ap.add_argument("--retrieve-paced-share", type=float, nargs="+", default=[0.25, 0.5],
+                    help="paced /retrieve phases: these shares of the closed-loop throughput, spread over the clients")
     ap.add_argument("--ask-clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--ask-seconds", type=float, default=60, help="each /ask level runs this long (requests in flight finish)")
     ap.add_argument("--ask-tokens", type=int, default=64, help="max_new_tokens of the /ask phase")

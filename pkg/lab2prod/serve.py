@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import json
 import logging
@@ -121,25 +122,79 @@ class ChatRequest(BaseModel):
     user: str | None = None
 
 # %% ../../nbs/05_serve.ipynb #703bb7f8
+class _Batch:
+    "Log lines waiting for one write and one fsync (a group commit)."
+
+    def __init__(self):
+        self.items: list[tuple[str, str]] = []
+        self.done = False
+        self.error: BaseException | None = None
+
+
+def _append_synced(path: Path, lines: list[str]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(lines))
+        f.flush()
+        os.fsync(f.fileno())
+
+
 class RequestLog:
     "Append-only, size-rotated JSON-lines logs of requests and feedback."
 
     def __init__(self, folder: str | os.PathLike, max_bytes: int = 50_000_000):
         self.folder, self.max_bytes = Path(folder), max_bytes
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._open = _Batch()
+        self._writing = False
+        self.commits = 0  # writes with their fsync, each for one or more records
 
     def append(self, name: str, record: dict) -> None:
-        "Append one record to the log `name`, durable when this returns."
+        """Append one record to the log `name`, durable when this returns.
+
+        Group commit: records that arrive while another thread writes wait and are written together, with one
+        fsync, so 32 concurrent requests cost one disk flush instead of 32 in a row."""
         line = json.dumps({"time": datetime.now(timezone.utc).isoformat(), **record}, ensure_ascii=False, default=str) + "\n"
-        with self._lock:
+        with self._cond:
+            batch = self._open
+            batch.items.append((name, line))
+            while not batch.done:
+                if self._writing:
+                    self._cond.wait()
+                    continue
+                # no writer: this thread writes every record waiting now, its own among them
+                self._writing = True
+                todo, self._open = self._open, _Batch()
+                self._cond.release()
+                try:
+                    self._write(todo.items)
+                except BaseException as e:  # every writer of the batch gets the error, not only this one
+                    todo.error = e
+                finally:
+                    self._cond.acquire()
+                    self._writing = False
+                    todo.done = True
+                    self._cond.notify_all()
+        if batch.error is not None:
+            raise batch.error
+
+    def _write(self, items: list[tuple[str, str]]) -> None:
+        self.commits += 1
+        by_name: dict[str, list[str]] = {}
+        for name, line in items:
+            by_name.setdefault(name, []).append(line)
+        for name, lines in by_name.items():
             path = self.folder / name
-            if path.exists() and path.stat().st_size + len(line) > self.max_bytes:
-                self._rotate(path)
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+            size = path.stat().st_size if path.exists() else 0
+            part: list[str] = []
+            for line in lines:
+                if size and size + len(line) > self.max_bytes:
+                    _append_synced(path, part)
+                    self._rotate(path)
+                    part, size = [], 0
+                part.append(line)
+                size += len(line)
+            _append_synced(path, part)
 
     def _rotate(self, path: Path) -> Path:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
@@ -545,6 +600,10 @@ class Lab2Prod:
             log.warning("the index was built from other data than %s holds now", self.artifacts / "data")
         OPENAI_APP.post("/chat/completions")(self.chat_completions)
         OPENAI_APP.get("/models")(self.models)
+        # torch, transformers and Chroma leave ~0.6 M long-lived objects: a full collection of them stalls every request
+        # in flight for ~0.3 s (the p99 of /retrieve). Move them out of the collector's sight once loaded.
+        gc.collect()
+        gc.freeze()
 
     def _search_batch(self, items: list[tuple[str, int]]) -> list:
         return self.chain.retriever.search_many([q for q, _ in items], [k for _, k in items])
