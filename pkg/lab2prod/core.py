@@ -324,15 +324,17 @@ STAGE_PRODUCTS: dict[str, dict[str, str]] = {
              "rejected": "data/rejected.jsonl", "stats": "data/stats.json", "lineage": "data/lineage.json"},
     "index": {"nb": "reports/02_index.ipynb", "index": "index", "manifest": "index/manifest.json"},
     "finetune": {"nb": "reports/03_finetune.ipynb", "model": "model", "train_metrics": "model/train_metrics.json"},
+    "guard": {"nb": "reports/03a_guardrails.ipynb", "guard": "guard", "detector": "guard/guard.json",
+              "split": "guard/split.json"},
     "engine": {"nb": "reports/03c_engine.ipynb", "engine": "engine", "spec": "engine/engine.json"},
     "evaluate": {"nb": "reports/04_evaluate.ipynb", "metrics": "eval/metrics.json", "answers": "eval/answers.jsonl",
                  "gate": "eval/gate.json"},
     "package": {"nb": "reports/05_serve.ipynb", "bento": "bento/bento.json"},
     "monitor": {"nb": "reports/06_monitor.ipynb", "report": "monitor/report.json"},
 }
-STAGE_UPSTREAM = {"data": [], "index": ["data"], "finetune": ["data"], "engine": ["finetune"],
-                  "evaluate": ["data", "index", "finetune", "engine"],
-                  "package": ["index", "finetune", "engine", "evaluate"], "monitor": ["package"]}
+STAGE_UPSTREAM = {"data": [], "index": ["data"], "guard": ["data", "index"], "finetune": ["data"], "engine": ["finetune"],
+                  "evaluate": ["data", "index", "guard", "finetune", "engine"],
+                  "package": ["index", "guard", "finetune", "engine", "evaluate"], "monitor": ["package"]}
 
 
 def stage_products(task: str, artifacts_dir: str | os.PathLike) -> dict[str, str]:

@@ -12,9 +12,10 @@ import re
 import unicodedata
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from lab2prod.core import (
     atomic_write_bytes,
@@ -32,8 +33,8 @@ from lab2prod.core import (
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'FORMATS', 'MIN_CHARS', 'Document', 'Chunk', 'QAPair', 'RedTeamPrompt', 'TrainExample', 'Rejection',
-           'validate_records', 'Rejected', 'list_files', 'decode_bytes', 'html_to_markdown', 'pdf_to_text',
+__all__ = ['log', 'REDTEAM_CATEGORIES', 'FORMATS', 'MIN_CHARS', 'Document', 'Chunk', 'QAPair', 'RedTeamPrompt', 'TrainExample',
+           'Rejection', 'validate_records', 'Rejected', 'list_files', 'decode_bytes', 'html_to_markdown', 'pdf_to_text',
            'read_document', 'normalize_text', 'find_boilerplate', 'strip_lines', 'text_sha256', 'minhash',
            'find_duplicates', 'split_sections', 'split_blocks', 'TokenCounter', 'split_long_block', 'overlap_tail',
            'pack_blocks', 'chunk_id', 'embed_text', 'chunk_document', 'ingest_corpus', 'ensure_usable',
@@ -75,12 +76,22 @@ class QAPair(BaseModel):
         return v.strip()
 
 
+REDTEAM_CATEGORIES = ("injection", "jailbreak", "secret", "pii_request", "harmful", "out_of_scope")
+
+
 class RedTeamPrompt(BaseModel):
-    "An adversarial prompt the service must refuse."
+    "A labelled prompt for the guardrails: adversarial (to refuse) or a benign look-alike (to answer)."
     id: str
     prompt: str = Field(min_length=1)
-    category: str
-    expected: str = "refuse"
+    category: Literal["injection", "jailbreak", "secret", "pii_request", "harmful", "out_of_scope", "benign"]
+    technique: str = Field("direct", description="direct, paraphrase, multilingual, base64, leetspeak, multi_turn, roleplay, obfuscated")
+    expected: Literal["refuse", "answer"] = "refuse"
+
+    @model_validator(mode="after")
+    def _benign_is_answered(self) -> "RedTeamPrompt":
+        if (self.category == "benign") != (self.expected == "answer"):
+            raise ValueError("expected must be 'answer' for category 'benign' and 'refuse' for every other category")
+        return self
 
 
 class TrainExample(BaseModel):

@@ -15,26 +15,53 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import git_state, resolve_path
+from pydantic import BaseModel
+
+from .core import file_hash, git_state, project_root, resolve_path
 from .engine import Engine, Generation, load_engine
-from .guardrails import NO_CONTEXT, REFUSAL, StreamScrubber, check_grounding, check_prompt, scrub_pii
+from .guardrails import NO_CONTEXT, REFUSAL, Detector, StreamScrubber, check_grounding, check_prompt, scrub_pii
 from .index import Hit, Retriever, check_skew
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SYSTEM_PROMPT', 'PROMPT_VERSION', 'MAX_CONTEXT_CHARS', 'MAX_PROMPT_CONTEXT_CHARS', 'build_messages',
+__all__ = ['log', 'MAX_CONTEXT_CHARS', 'MAX_PROMPT_CONTEXT_CHARS', 'Prompt', 'prompts_dir', 'load_prompt', 'build_messages',
            'Prepared', 'guardrail_record', 'read_json_or_none', 'RagChain']
 
 # %% ../../nbs/03b_rag.ipynb #91986779
-SYSTEM_PROMPT = ("You answer questions about a software product using only the numbered context passages. "
-                 "Answer in one or two sentences. If the context does not contain the answer, say you don't know.")
-PROMPT_VERSION = hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:12]
+class Prompt(BaseModel):
+    "A prompt file's text and its content version."
+    name: str
+    text: str
+    version: str
+    path: str
+
+
+def prompts_dir() -> Path:
+    "The folder of the prompt files: `LAB2PROD_PROMPTS`, else the project's `prompts/`."
+    return Path(os.environ.get("LAB2PROD_PROMPTS") or project_root() / "prompts")
+
+
+_PROMPTS: dict[tuple, Prompt] = {}
+
+
+def load_prompt(name: str = "rag_system", folder: str | os.PathLike | None = None) -> Prompt:
+    "The prompt `<folder>/<name>.md`, read again only when the file changes."
+    path = Path(folder or prompts_dir()) / f"{name}.md"
+    if not path.exists():
+        raise FileNotFoundError(f"prompt {name!r} not found at {path}: set LAB2PROD_PROMPTS to the folder of the prompt files")
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if key not in _PROMPTS:
+        text = path.read_text(encoding="utf-8").strip()
+        _PROMPTS[key] = Prompt(name=name, text=text, version=hashlib.sha256(text.encode()).hexdigest()[:12], path=str(path))
+    return _PROMPTS[key]
+
+
 MAX_CONTEXT_CHARS = 1200  # per passage: keeps the prompt inside a small model's useful window
 MAX_PROMPT_CONTEXT_CHARS = 9000  # all passages together (about 2,300 tokens): the prompt fits the engine's context at any k
 
 
-def build_messages(question: str, passages: list[str]) -> list[dict]:
+def build_messages(question: str, passages: list[str], system: str | None = None) -> list[dict]:
     "Chat messages for `question` with numbered context `passages` (best first, cut to the prompt's budget)."
     budget, parts = MAX_PROMPT_CONTEXT_CHARS, []
     for i, p in enumerate(passages, 1):
@@ -44,7 +71,7 @@ def build_messages(question: str, passages: list[str]) -> list[dict]:
         parts.append(f"[{i}] {text}")
         budget -= len(text)
     context = "\n\n".join(parts)
-    return [{"role": "system", "content": SYSTEM_PROMPT},
+    return [{"role": "system", "content": system if system is not None else load_prompt().text},
             {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}]
 
 # %% ../../nbs/03b_rag.ipynb #4e20234e
@@ -72,9 +99,11 @@ def read_json_or_none(path: Path) -> dict | None:
 class RagChain:
     "Retrieval-augmented answers from the index and the generation engine of one artifacts folder."
 
-    def __init__(self, retriever: Retriever, engine: Engine, lineage: dict, min_similarity: float = 0.25):
+    def __init__(self, retriever: Retriever, engine: Engine, lineage: dict, min_similarity: float = 0.25,
+                 detector: Detector | None = None, prompt: Prompt | None = None):
         self.retriever, self.engine = retriever, engine
         self.lineage, self.min_similarity = lineage, min_similarity
+        self.detector, self.prompt = detector, prompt or load_prompt()
 
     @classmethod
     def load(cls, artifacts_dir: str | os.PathLike, base_model: str | None = None, backend: str | None = None,
@@ -85,12 +114,24 @@ class RagChain:
         chunks = art / "data" / "chunks.parquet"
         skew = check_skew(art / "index", chunks) if chunks.exists() else None
         engine = load_engine(art / "engine", backend=backend, base_model=base_model)
+        detector = Detector.load(art / "guard") if (art / "guard" / "guard.json").exists() else None
+        if detector is None:
+            log.warning("no trained prompt detector in %s: only the rules and the grounding check guard the input", art / "guard")
+        prompt = load_prompt()
         desc = engine.describe()
         lineage = {"model": desc.get("base_model"), "adapter": desc.get("adapter_version"), "engine": desc["backend"],
-                   "device": desc.get("device"), "index": retriever.manifest["data_sha256"][:12], "prompt": PROMPT_VERSION,
+                   "device": desc.get("device"), "index": retriever.manifest["data_sha256"][:12], "prompt": prompt.version,
                    "git_commit": git_state().get("git_commit"), "index_in_step": None if skew is None else skew["in_step"],
-                   "embedding_backend": retriever.manifest.get("embedding_backend")}
-        return cls(retriever, engine, lineage, min_similarity)
+                   "embedding_backend": retriever.manifest.get("embedding_backend"),
+                   "guard": file_hash(art / "guard" / "guard.json")[:12] if detector else None}
+        return cls(retriever, engine, lineage, min_similarity, detector, prompt)
+
+    def check_input(self, question: str):
+        "The input guardrails: the rules over every view of the question, then the learned detector."
+        verdict = check_prompt(question)
+        if not verdict.refused and self.detector is not None:
+            verdict = self.detector.check(question, self.retriever.embed_queries)
+        return verdict
 
     def top_similarity(self, question: str) -> float | None:
         "Cosine similarity of the question to its nearest chunk."
@@ -100,7 +141,7 @@ class RagChain:
 
     @property
     def lineage_public(self) -> dict:
-        return {k: self.lineage.get(k) for k in ("model", "adapter", "engine", "index", "prompt", "git_commit")}
+        return {k: self.lineage.get(k) for k in ("model", "adapter", "engine", "index", "prompt", "guard", "git_commit")}
 
     def _refusal(self, rid: str, question: str, text: str, guard: dict, hits=(), top: float | None = None) -> dict:
         return {"request_id": rid, "answer": text, "sources": [h.to_dict() for h in hits], "refused": True,
@@ -112,7 +153,7 @@ class RagChain:
         rid = uuid.uuid4().hex
         clean, found = scrub_pii(question)
         pii = [f.kind for f in found]
-        verdict = check_prompt(clean)
+        verdict = self.check_input(clean)
         if verdict.refused:
             return self._refusal(rid, clean, REFUSAL, guardrail_record(verdict.category, verdict.rule, pii))
         hits = self.retriever.search(clean, k)
@@ -120,7 +161,7 @@ class RagChain:
         grounding = check_grounding(top, self.min_similarity)
         if grounding.refused:
             return self._refusal(rid, clean, NO_CONTEXT, guardrail_record(grounding.category, grounding.rule, pii), hits, top)
-        return Prepared(rid, clean, hits, build_messages(clean, [h.text for h in hits]), pii, top)
+        return Prepared(rid, clean, hits, build_messages(clean, [h.text for h in hits], self.prompt.text), pii, top)
 
     def finish(self, prep: Prepared, gen: Generation) -> dict:
         "The answer for a prepared question from the engine's generation, scrubbed of personal data."

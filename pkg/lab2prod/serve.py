@@ -773,7 +773,7 @@ def stage_bento(artifacts: Path, ctx: Path, root: Path) -> Path:
 
     from lab2prod.core import resolve_model
     shutil.rmtree(ctx, ignore_errors=True)
-    for name in ("index", "model", "engine", "eval", "data/lineage.json"):
+    for name in ("index", "model", "engine", "guard", "eval", "data/lineage.json"):
         src = artifacts / name
         if src.is_dir():
             shutil.copytree(src, ctx / "artifacts" / name, ignore=shutil.ignore_patterns(".*"))
@@ -782,7 +782,9 @@ def stage_bento(artifacts: Path, ctx: Path, root: Path) -> Path:
             shutil.copy2(src, ctx / "artifacts" / name)
     base = json.loads((artifacts / "model" / "lineage.json").read_text())["params"]["base_model"]
     spec = resolve_model("llm", base)
-    envs = [{"name": "LAB2PROD_ARTIFACTS", "value": "artifacts"}]
+    from lab2prod.rag import prompts_dir
+    shutil.copytree(prompts_dir(), ctx / "artifacts" / "prompts")  # the prompt versions the service answers with
+    envs = [{"name": "LAB2PROD_ARTIFACTS", "value": "artifacts"}, {"name": "LAB2PROD_PROMPTS", "value": "artifacts/prompts"}]
     if spec.gguf_file:  # a single-file model travels inside the Bento
         (ctx / "artifacts" / "base_model").mkdir(parents=True)
         shutil.copy2(Path(spec.location) / spec.gguf_file, ctx / "artifacts" / "base_model" / spec.gguf_file)
