@@ -14,25 +14,25 @@ from lab2prod.index import Retriever
 
 def test_every_product_exists_with_lineage(smoke_run):
     art = smoke_run["artifacts"]
-    for task in ("data", "index", "finetune", "engine", "evaluate", "package", "monitor"):
+    for task in ("data", "index", "guard", "finetune", "engine", "evaluate", "package", "monitor"):
         for name, path in stage_products(task, art).items():
             assert os.path.exists(path), f"{task}.{name} missing: {path}"
-    for folder in ("data", "index", "model"):
+    for folder in ("data", "index", "guard", "model", "engine"):
         lin = json.loads((art / folder / "lineage.json").read_text())
         assert len(lin["git_commit"]) == 40 and lin["inputs"] and lin["packages"]["torch"]
     chunks = pd.read_parquet(art / "data" / "chunks.parquet")
     assert {"chunk_id", "source", "text", "heading", "n_tokens"} <= set(chunks.columns)
     assert (art / "model" / "adapter" / "adapter_config.json").exists()
     gate = json.loads((art / "eval" / "gate.json").read_text())
-    assert gate["passed"] and gate["promoted"].startswith("lab2prod-adapter@champion")
+    assert gate["passed"] and gate["promoted"] == {"from": None, "to": "1"}, gate
     report = json.loads((art / "reports" / "04_evaluate.ipynb").read_text())
     assert any("retrieval/hit_at_5" in json.dumps(c.get("outputs", [])) for c in report["cells"]), "executed report shows metrics"
 
 
 def test_second_build_runs_no_task(smoke_run):
     table = [line.split() for line in smoke_run["second"].splitlines() if line.split()[:1] and line.split()[0] in
-             ("data", "index", "finetune", "engine", "evaluate", "package", "monitor")]
-    assert len(table) == 7 and all(row[1] == "False" for row in table), smoke_run["second"]
+             ("data", "index", "guard", "finetune", "engine", "evaluate", "package", "monitor")]
+    assert len(table) == 8 and all(row[1] == "False" for row in table), smoke_run["second"]
 
 
 def test_retriever_api_on_the_built_index(smoke_run):

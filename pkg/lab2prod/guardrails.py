@@ -21,8 +21,8 @@ from .core import atomic_write_json
 # %% auto #0
 __all__ = ['HOMOGLYPHS', 'LEET', 'ZERO_WIDTH', 'B64', 'RULES', 'REFUSAL', 'NO_CONTEXT', 'BENIGN', 'HASH_CHAR', 'HASH_WORD',
            'PII_PATTERNS', 'normalize_prompt', 'decode_base64', 'prompt_views', 'Verdict', 'check_prompt',
-           'check_grounding', 'split_prompts', 'embed_matrix', 'prompt_features', 'Detector', 'choose_threshold',
-           'PiiFinding', 'scrub_pii', 'StreamScrubber']
+           'check_grounding', 'split_prompts', 'embed_matrix', 'guard_text', 'prompt_features', 'Detector',
+           'choose_threshold', 'PiiFinding', 'scrub_pii', 'StreamScrubber']
 
 # %% ../../nbs/03a_guardrails.ipynb #8635fb80
 # Cyrillic and Greek letters that look like Latin ones: "іgnоrе" must read as "ignore"
@@ -128,11 +128,16 @@ def embed_matrix(embed, texts: list[str]) -> np.ndarray:
     return np.vstack([np.asarray(v, dtype=np.float32).reshape(1, -1) for v in embed(texts)])
 
 
+def guard_text(prompt: str) -> str:
+    "The text the detector embeds and reads n-grams from: the prompt's views, joined."
+    return " | ".join(prompt_views(prompt))
+
+
 def prompt_features(prompts: list[str], embed):
     "The detector's input: embedding of the joined views, hashed character and word n-grams of the views."
     import scipy.sparse as sp
     from sklearn.feature_extraction.text import HashingVectorizer
-    joined = [" | ".join(prompt_views(p)) for p in prompts]
+    joined = [guard_text(p) for p in prompts]
     chars = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 5), n_features=HASH_CHAR, alternate_sign=False)
     words = HashingVectorizer(analyzer="word", ngram_range=(1, 2), n_features=HASH_WORD, alternate_sign=False)
     return sp.hstack([sp.csr_matrix(embed_matrix(embed, joined)), chars.transform(joined), words.transform(joined)]).tocsr()

@@ -618,9 +618,10 @@ class Lab2Prod:
         await asyncio.to_thread(self.log.append, name, record)
 
     async def _answer(self, question: str, k: int, max_new_tokens: int, route: str) -> dict:
-        from lab2prod.guardrails import scrub_pii
+        from lab2prod.guardrails import guard_text, scrub_pii
         t0 = time.perf_counter()
-        await self.embed_batcher.submit(scrub_pii(question)[0])  # the chain embeds the scrubbed question
+        clean = scrub_pii(question)[0]  # the chain embeds the scrubbed question, and its views for the detector
+        await asyncio.gather(self.embed_batcher.submit(clean), self.embed_batcher.submit(guard_text(clean)))
         IN_FLIGHT.inc()
         try:
             out = await self.chain.aask(question, k=k, max_new_tokens=max_new_tokens)
