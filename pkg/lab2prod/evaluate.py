@@ -138,7 +138,7 @@ class JudgeScore(BaseModel):
     "What the judge returns for one answer."
     relevance: int = Field(ge=1, le=5, description="does the answer address the question, agreeing with the reference")
     faithfulness: int = Field(ge=1, le=5, description="is every claim supported by the context")
-    reason: str = Field("", max_length=2000)
+    reason: str = Field("", max_length=200, description="one sentence")  # bounded: a small judge may repeat itself
 
 
 def fill_rubric(rubric: str, **fields: str) -> str:
@@ -170,7 +170,7 @@ def judge_answer(client, model: str, rubric: str, question: str, context: str, a
     from pydantic import ValidationError
     prompt = fill_rubric(rubric, question=question, context=context, answer=answer, reference=reference)
     resp = client.chat.completions.create(
-        model=model or "judge", messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=256,
+        model=model or "judge", messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=384,
         response_format={"type": "json_schema", "json_schema": {"name": "judge_score", "schema": JudgeScore.model_json_schema()}})
     try:
         return JudgeScore.model_validate_json(resp.choices[0].message.content or "")
