@@ -9,7 +9,7 @@ from conftest import ROOT, run
 
 from lab2prod.core import STAGE_PRODUCTS, STAGE_UPSTREAM, lock_pins, stage_products, write_environment_yml
 
-TASKS = ["data", "index", "finetune", "engine", "evaluate", "package", "monitor"]
+TASKS = ["data", "index", "guard", "finetune", "engine", "evaluate", "package", "monitor"]
 
 
 def pipeline() -> dict:
