@@ -10,6 +10,7 @@ from conftest import BIN, ROOT, free_port, run, serving
 
 from lab2prod.core import read_jsonl, stage_products
 from lab2prod.index import Retriever
+from lab2prod.rag import load_prompt
 
 
 def test_every_product_exists_with_lineage(smoke_run):
@@ -57,7 +58,8 @@ def test_ask_answers_with_sources_and_lineage(server, smoke_run):
     assert body["answer"] and not body["refused"] and len(body["sources"]) == 3
     assert set(body["sources"][0]) == {"source", "text", "score"}
     assert body["usage"]["completion_tokens"] > 0
-    assert body["lineage"]["prompt"] and body["lineage"]["adapter"].startswith("lab2prod-adapter/")
+    assert body["lineage"]["prompt"] == load_prompt().version  # the prompt file's content version
+    assert body["lineage"]["guard"] and body["lineage"]["adapter"].startswith("lab2prod-adapter/")
     assert body["lineage"]["engine"] == "llama.cpp"  # the CPU default, with the adapter applied
     logged = read_jsonl(smoke_run["artifacts"] / "logs" / "requests.jsonl")
     assert body["request_id"] in {x.get("request_id") for x in logged}
@@ -75,6 +77,7 @@ def test_retrieve_feedback_and_lineage(server):
     assert f.status_code == 200 and f.json() == {"ok": True}
     lin = httpx.get(f"{server}/lineage", timeout=30)
     assert lin.status_code == 200 and {"data", "index", "model"} <= set(lin.json())
+    assert lin.json()["serving"]["prompt"] == load_prompt().version and lin.json()["serving"]["guard"]
 
 
 @pytest.mark.parametrize("body", [{}, {"question": 5}, {"question": ""}, {"question": "x", "k": 0},

@@ -82,7 +82,8 @@ class LineageOut(BaseModel):
     adapter: str | None = Field(None, description="registered adapter version, if any")
     engine: str | None = Field(None, description="generation backend that produced the answer")
     index: str | None = Field(None, description="hash prefix of the data the index was built from")
-    prompt: str | None = Field(None, description="prompt version (hash of the system prompt)")
+    prompt: str | None = Field(None, description="prompt version (hash of the system prompt file)")
+    guard: str | None = Field(None, description="version (hash prefix) of the prompt detector, if one is trained")
     git_commit: str | None = None
 
 
@@ -591,7 +592,8 @@ class Lab2Prod:
                                           self.settings.batch_max_latency_ms)
         self.n_chunks = len(self.chain.retriever)
         serving = self.chain.engine.describe() | {"gpu": detect_hardware().gpu, "cpu": detect_hardware().cpu,
-                                                  "embedding_backend": self.chain.lineage.get("embedding_backend")}
+                                                  "embedding_backend": self.chain.lineage.get("embedding_backend"),
+                                                  "prompt": self.chain.prompt.version, "guard": self.chain.lineage.get("guard")}
         _STATE.update(skew={"index_in_step": self.chain.lineage.get("index_in_step")}, serving=serving)
         log.warning("lab2prod serving on %s with engine %s (%s, adapter %s); embeddings on %s",
                     serving.get("gpu") or f"CPU {serving['cpu']}", serving["backend"], serving.get("precision"),
