@@ -43,6 +43,14 @@ def progress(msg: str) -> None:
     print(f"[{time.perf_counter() - _T0:6.1f} s] {msg}", flush=True)
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    "A path as a result file records it: relative to the project, never a path of the measuring machine."
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return "<outside the project>"
+
+
 def machine_info() -> dict:
     "CPU model, cores usable here, memory, GPU (none or its name), date: recorded with every result."
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

@@ -60,6 +60,7 @@ from _serving import (
     progress,
     question_pool,
     run_clients,
+    shown_path,
     sse_event,
 )
 
@@ -313,7 +314,7 @@ def main(a: argparse.Namespace) -> dict:
             s.close()
             s.log_file.unlink(missing_ok=True)  # EngineServer's log lives in /tmp and is not removed by close()
         service.close()
-    res = {"machine": info | {"load_avg_after": os.getloadavg()}, "quick": a.quick, "artifacts": str(art),
+    res = {"machine": info | {"load_avg_after": os.getloadavg()}, "quick": a.quick, "artifacts": shown_path(art),
            "model": gguf.name, "adapter": str(lora), "engine": {"parallel": spec.parallel, "ctx_per_slot": spec.ctx_per_slot},
            "settings": {k: v for k, v in vars(a).items() if k not in ("out", "artifacts")},
            "service_startup_s": service.startup_s, "one_stream": single, "baseline_as_user": as_user,

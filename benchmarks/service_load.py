@@ -55,6 +55,7 @@ from _serving import (
     progress,
     question_pool,
     run_clients,
+    shown_path,
 )
 
 from lab2prod.core import atomic_write_json
@@ -240,8 +241,8 @@ def log_errors(log: str, keep: int = 10) -> dict:
                 records.append(current)
         elif current is not None:
             current.append(line)
-    return {"count": len(records),
-            "first": [r[0][:300] + (" ... " + " | ".join(x.strip() for x in r[-3:]) if len(r) > 1 else "") for r in records[:keep]]}
+    first = [r[0][:300] + (" ... " + " | ".join(x.strip() for x in r[-3:]) if len(r) > 1 else "") for r in records[:keep]]
+    return {"count": len(records), "first": [x.replace(f"{ROOT}/", "") for x in first]}  # tracebacks: project paths
 
 
 def main(a: argparse.Namespace) -> dict:
@@ -249,7 +250,7 @@ def main(a: argparse.Namespace) -> dict:
     questions = question_pool(art)
     info = machine_info() | {"load_avg_before": os.getloadavg()}
     t0 = time.perf_counter()
-    res: dict = {"quick": a.quick, "artifacts": str(art),
+    res: dict = {"quick": a.quick, "artifacts": shown_path(art),
                  "settings": {k: v for k, v in vars(a).items() if k not in ("out", "artifacts")}}
     with Service(art) as svc:
         res["service_startup_s"] = svc.startup_s
