@@ -27,7 +27,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from .core import atomic_write_json, choose_generation_backend, detect_hardware, load_model, resolve_model
+from lab2prod.core import (
+    atomic_write_json,
+    choose_generation_backend,
+    choose_generation_precision,
+    detect_hardware,
+    load_model,
+    resolve_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +241,7 @@ class TransformersEngine(Engine):
         if adapter_dir is not None and (Path(adapter_dir) / "adapter_config.json").exists():
             from peft import PeftModel
             model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-        dtype = torch.bfloat16 if device == "cuda" and hw.gpu_bf16 else torch.float32
+        dtype = getattr(torch, choose_generation_precision(device, model.num_parameters(), hw))
         return cls(model.to(dtype).eval(), tok, {"device": device, "precision": str(dtype).removeprefix("torch.")})
 
     def generate(self, prompts: list[list[dict]], max_new_tokens: int = 128) -> list[Generation]:
