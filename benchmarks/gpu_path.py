@@ -34,7 +34,7 @@ from lab2prod.core import (  # noqa: E402
     read_jsonl,
 )
 from lab2prod.engine import TransformersEngine, greedy_agreement, load_engine, read_engine_spec  # noqa: E402
-from lab2prod.finetune import add_lora, encode_example, train_lora  # noqa: E402
+from lab2prod.finetune import TrainConfig, add_lora, train_lora  # noqa: E402
 from lab2prod.rag import build_messages  # noqa: E402
 
 
@@ -80,23 +80,17 @@ def measure_training(base_model: str, rows: list[dict], precision: str, steps: i
     prof = get_profile("default")
     model, tok = load_model("llm", base_model, device=device)
     model = add_lora(model, prof.lora_r)
-    tokens = sum(len(encode_example(tok, r, prof.train_seq_len)["input_ids"]) for r in rows) / len(rows)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    from accelerate.state import AcceleratorState
-    AcceleratorState._reset_state()  # accelerate keeps one precision per process; each run here picks its own
     stamps = []
-    t0 = time.perf_counter()
-    losses = train_lora(model, tok, rows, steps, prof.train_batch, prof.train_seq_len, precision=precision,
-                        on_step=lambda s, loss: stamps.append(time.perf_counter()))
-    total = time.perf_counter() - t0
-    steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else total
-    out = {"precision": choose_train_precision(precision), "device": device, "steps": steps,
-           "batch": prof.train_batch, "seq_len": prof.train_seq_len, "seconds": round(total, 2),
-           "seconds_per_step_steady": round(steady, 4),
-           "trained_tokens_per_s": round(tokens * prof.train_batch / steady, 1),
-           "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
-           "losses": [round(x, 4) for x in losses], "finite": all(math.isfinite(x) for x in losses)}
+    cfg = TrainConfig(steps=steps, batch=prof.train_batch, seq_len=prof.train_seq_len, precision=precision)
+    result = train_lora(model, tok, rows, cfg, on_step=lambda s, loss: stamps.append(time.perf_counter()))
+    steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else result.seconds
+    out = {"precision": result.precision, "device": device, "steps": steps, "batch": prof.train_batch,
+           "seq_len": prof.train_seq_len, "seconds": result.seconds, "seconds_per_step_steady": round(steady, 4),
+           "trained_tokens_per_s": result.tokens_per_s, "loss_first": round(result.losses[0], 4),
+           "loss_last": round(result.losses[-1], 4), "losses": [round(x, 4) for x in result.losses],
+           "finite": all(math.isfinite(x) for x in result.losses)}
     if device == "cuda":
         out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     del model

@@ -128,8 +128,8 @@ def test_bf16_training_precision_can_be_forced_on_a_cpu():
     import math
 
     from lab2prod.core import load_model
-    from lab2prod.finetune import add_lora, train_lora
+    from lab2prod.finetune import TrainConfig, add_lora, train_lora
     model, tok = load_model("llm")
     rows = [{"question": "What port does the UI use?", "context": "The UI listens on port 8470.", "answer": "Port 8470."}] * 2
-    losses = train_lora(add_lora(model, 4), tok, rows, steps=1, batch=2, max_len=64, precision="bf16")
-    assert len(losses) == 1 and math.isfinite(losses[0])
+    result = train_lora(add_lora(model, 4), tok, rows, TrainConfig(steps=1, batch=2, seq_len=64, precision="bf16"))
+    assert result.precision == "bf16" and len(result.losses) == 1 and math.isfinite(result.losses[0])

@@ -16,7 +16,7 @@ from pathlib import Path
 from .core import build_lineage, disable_telemetry, resolve_path, tracking_uri_for, write_lineage
 
 # %% auto #0
-__all__ = ['rebuild_engine', 'rollback', 'rollback_message', 'main']
+__all__ = ['rebuild_engine', 'rollback', 'rollback_message', 'train', 'main']
 
 # %% ../../nbs/07_cli.ipynb #2c2bf69a
 def rebuild_engine(artifacts_dir: str | os.PathLike, adapter_uri: str, version: str) -> Path:
@@ -68,15 +68,51 @@ def rollback_message(moved: dict) -> str:
     return "\n".join(lines)
 
 # %% ../../nbs/07_cli.ipynb #718c9745
+def train(a: argparse.Namespace) -> int:
+    "`lab2prod train`: one LoRA training run; under `accelerate launch` each process prints its own result line."
+    import json
+
+    from lab2prod.finetune import CheckpointError, NonFiniteLoss, TrainConfig, run_training
+    cfg = TrainConfig(steps=a.steps, batch=a.batch, grad_accum=a.grad_accum, seq_len=a.seq_len, lr=a.lr, seed=a.seed,
+                      lora_r=a.lora_r, precision=a.precision, checkpoint_every=a.checkpoint_every,
+                      target_modules=a.target_modules.split(",") if a.target_modules else None)
+    try:
+        result = run_training(a.train, a.out, a.base_model, cfg, a.checkpoint_dir, resume=not a.no_resume)
+    except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLoss) as e:
+        print(f"lab2prod train: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     "The `lab2prod` command line."
-    ap = argparse.ArgumentParser(prog="lab2prod", description="Operate a lab2prod project: registry, runs, benchmarks.")
+    ap = argparse.ArgumentParser(prog="lab2prod", description="Operate a lab2prod project: registry, runs, training.")
     sub = ap.add_subparsers(dest="command", required=True)
     rb = sub.add_parser("rollback", help="move the registry alias `champion` back to the previous version")
     rb.add_argument("--artifacts", default="artifacts", help="the pipeline's artifacts folder (default: artifacts)")
     rb.add_argument("--tracking-uri", default="", help="MLflow store (default: the SQLite store in the artifacts folder)")
     rb.add_argument("--no-engine", action="store_true", help="only move the aliases; leave the engine folder as it is")
+    tr = sub.add_parser("train", help="train a LoRA adapter (run it under `accelerate launch` for several processes)")
+    tr.add_argument("--train", required=True, help="training rows (JSON lines: question, context, answer)")
+    tr.add_argument("--out", required=True, help="folder the adapter is saved to (replaced whole when training ends)")
+    tr.add_argument("--base-model", default="bundled", help="'bundled', a local path or a cached hub id")
+    tr.add_argument("--steps", type=int, default=30)
+    tr.add_argument("--batch", type=int, default=4, help="examples per optimizer step over all processes")
+    tr.add_argument("--grad-accum", type=int, default=1)
+    tr.add_argument("--seq-len", type=int, default=256)
+    tr.add_argument("--lr", type=float, default=2e-4)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--lora-r", type=int, default=8)
+    tr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    tr.add_argument("--target-modules", default="", help="comma-separated; default: found from the architecture")
+    tr.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: none are written)")
+    tr.add_argument("--checkpoint-every", type=int, default=10)
+    tr.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint of this run exists")
     a = ap.parse_args(argv)
+    disable_telemetry()
+    if a.command == "train":
+        return train(a)
     try:
         moved = rollback(a.artifacts, a.tracking_uri, engine=not a.no_engine)
     except (ValueError, FileNotFoundError) as e:

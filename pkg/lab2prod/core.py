@@ -439,7 +439,8 @@ def tracking_uri_for(artifacts_dir: str | os.PathLike, tracking_uri: str = "") -
     return f"sqlite:///{path}"
 
 
-def start_mlflow_run(artifacts_dir: str | os.PathLike, run_name: str, tracking_uri: str = "", tags: dict | None = None):
+def start_mlflow_run(artifacts_dir: str | os.PathLike, run_name: str, tracking_uri: str = "", tags: dict | None = None,
+                     log_system_metrics: bool = False):
     "Start a run in the lab2prod experiment of the project's store (run artifacts under `artifacts_dir`/mlartifacts)."
     import mlflow
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -447,7 +448,10 @@ def start_mlflow_run(artifacts_dir: str | os.PathLike, run_name: str, tracking_u
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:  # else run artifacts land in ./mlruns of the working directory
         mlflow.create_experiment(EXPERIMENT, artifact_location=(resolve_path(artifacts_dir) / "mlartifacts").as_uri())
     mlflow.set_experiment(EXPERIMENT)
-    return mlflow.start_run(run_name=run_name, tags={"lab2prod.stage": run_name, **git_state(), **(tags or {})})
+    if log_system_metrics:  # CPU, memory (and GPU where there is one) every 2 s: short stages get a curve too
+        mlflow.set_system_metrics_sampling_interval(2)
+    return mlflow.start_run(run_name=run_name, tags={"lab2prod.stage": run_name, **git_state(), **(tags or {})},
+                            log_system_metrics=log_system_metrics)
 
 # %% ../../nbs/00_core.ipynb #73cb416b
 def install_model_package(requirement: str, package: str, site_dir: str | os.PathLike | None = None) -> Path:
