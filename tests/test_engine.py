@@ -59,6 +59,9 @@ def test_served_engine_keeps_the_adapter_and_agrees_with_the_merged_model(engine
         base = TransformersEngine.load("bundled", None, device="cpu")
         tok = merged.tokenizer
         ours, ref, without = greedy_tokens(served, tok), greedy_tokens(merged, tok), greedy_tokens(base, tok)
+        with served.without_adapter():  # the evaluation's base-model comparison: LoRA scaled to 0 per request
+            off = greedy_tokens(served, tok)
+        assert greedy_tokens(served, tok) == ours  # and the adapter is back after the block
     finally:
         served.close()
     changed = [i for i, (a, b) in enumerate(zip(ref, without)) if a != b]
@@ -68,6 +71,9 @@ def test_served_engine_keeps_the_adapter_and_agrees_with_the_merged_model(engine
     assert identical >= 4, (identical, [common_prefix(a, b) for a, b in zip(ours, ref)])
     # on the prompts the adapter changes, the served engine follows the adapted model, not the base one
     assert sum(common_prefix(ours[i], ref[i]) > common_prefix(ours[i], without[i]) for i in changed) >= len(changed) - 1
+    # without the adapter, the same server answers as the base model does
+    assert sum(a == b for a, b in zip(off, without)) >= 4, [common_prefix(a, b) for a, b in zip(off, without)]
+    assert sum(common_prefix(off[i], without[i]) > common_prefix(off[i], ref[i]) for i in changed) >= len(changed) - 1
 
 
 def test_each_backend_can_be_forced(engine_dir):

@@ -424,6 +424,10 @@ def load_model(kind: Literal["embedding", "llm"], name: str = "bundled", device:
             tok.pad_token = tok.eos_token
         return model, tok
     except OSError as e:
+        if spec.location == name and not Path(name).exists():  # a hub id this machine does not hold
+            raise FileNotFoundError(f"{kind} model {name!r} is neither a local path nor in the local Hugging Face cache, "
+                                    "and models are not downloaded at run time: fetch it once where the network is "
+                                    "allowed (huggingface-cli download), or give a local path") from e
         raise FileNotFoundError(f"{kind} model {name!r} could not be loaded from {spec.location}: {e}") from e
 
 # %% ../../nbs/00_core.ipynb #a4eae719
@@ -450,8 +454,9 @@ def start_mlflow_run(artifacts_dir: str | os.PathLike, run_name: str, tracking_u
     mlflow.set_experiment(EXPERIMENT)
     if log_system_metrics:  # CPU, memory (and GPU where there is one) every 2 s: short stages get a curve too
         mlflow.set_system_metrics_sampling_interval(2)
-    return mlflow.start_run(run_name=run_name, tags={"lab2prod.stage": run_name, **git_state(), **(tags or {})},
-                            log_system_metrics=log_system_metrics)
+    # a tracking server takes string tag values only (a local store converts them itself)
+    tags = {k: str(v) for k, v in {"lab2prod.stage": run_name, **git_state(), **(tags or {})}.items() if v is not None}
+    return mlflow.start_run(run_name=run_name, tags=tags, log_system_metrics=log_system_metrics)
 
 # %% ../../nbs/00_core.ipynb #73cb416b
 def install_model_package(requirement: str, package: str, site_dir: str | os.PathLike | None = None) -> Path:

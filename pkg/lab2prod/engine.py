@@ -213,6 +213,13 @@ class Engine:
                 raise item
             yield item
 
+    @contextlib.contextmanager
+    def without_adapter(self):
+        "Generate with the base model inside the block, on this same engine (for evaluation, not while serving)."
+        raise NotImplementedError(f"the {self.name} engine has the adapter merged into its weights: load the base "
+                                  "model as its own engine to compare")
+        yield
+
     def describe(self) -> dict:
         "Backend, device and precision: what lineage and reports say about this engine."
         return {"backend": self.name, **self.info}
@@ -391,11 +398,14 @@ class PromptTooLong(ValueError):
     "The prompt and the answer asked for do not fit the engine's context."
 
 
-def _completion_body(ids: list[int], max_new_tokens: int, stream: bool) -> dict:
+def _completion_body(ids: list[int], max_new_tokens: int, stream: bool, lora_scale: float | None = None) -> dict:
     # temperature 0 is greedy. No prompt cache: a prefix reused from a slot was computed in another batch shape, and
     # that alone can change a greedy answer; the same request must give the same answer (what is evaluated is served)
-    return {"prompt": ids, "n_predict": max_new_tokens, "temperature": 0.0, "top_k": 1, "stream": stream,
+    body = {"prompt": ids, "n_predict": max_new_tokens, "temperature": 0.0, "top_k": 1, "stream": stream,
             "cache_prompt": False, "return_tokens": False}
+    if lora_scale is not None:  # per request: 0 answers with the base model on the same server
+        body["lora"] = [{"id": 0, "scale": lora_scale}]
+    return body
 
 
 def _llama_generation(body: dict, n_prompt: int, seconds: float, ttft: float | None = None) -> Generation:
@@ -418,6 +428,16 @@ class LlamaCppEngine(Engine):
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=2)
         self.client = httpx.Client(base_url=server.url, timeout=600, limits=limits)
         self._aclient: dict = {}  # one async client per event loop
+        self.lora_scale: float | None = None
+
+    @contextlib.contextmanager
+    def without_adapter(self):
+        "Requests inside the block scale the LoRA adapter to 0: the base model's answers from the same server."
+        self.lora_scale = 0.0 if self.info.get("lora") else None
+        try:
+            yield self
+        finally:
+            self.lora_scale = None
 
     @property
     def aclient(self):
@@ -474,7 +494,7 @@ class LlamaCppEngine(Engine):
 
     def _one(self, messages: list[dict], max_new_tokens: int) -> Generation:
         ids, t0 = self.checked_ids(messages, max_new_tokens), time.perf_counter()
-        body = self._post(_completion_body(ids, max_new_tokens, False))
+        body = self._post(_completion_body(ids, max_new_tokens, False, self.lora_scale))
         return _llama_generation(body, len(ids), time.perf_counter() - t0)
 
     def generate(self, prompts: list[list[dict]], max_new_tokens: int = 128) -> list[Generation]:
@@ -485,7 +505,7 @@ class LlamaCppEngine(Engine):
     def stream(self, messages: list[dict], max_new_tokens: int = 128) -> Iterator[str | Generation]:
         ids, t0, ttft = self.checked_ids(messages, max_new_tokens), time.perf_counter(), None
         self.server.restart_if_dead()
-        with self.client.stream("POST", "/completion", json=_completion_body(ids, max_new_tokens, True)) as r:
+        with self.client.stream("POST", "/completion", json=_completion_body(ids, max_new_tokens, True, self.lora_scale)) as r:
             if r.status_code != 200:
                 raise EngineError(f"{self.name} engine answered {r.status_code}: {r.read()[:300]!r}")
             for event in _sse_events(r.iter_lines()):
@@ -497,13 +517,13 @@ class LlamaCppEngine(Engine):
 
     async def agenerate(self, messages: list[dict], max_new_tokens: int = 128) -> Generation:
         ids, t0 = self.checked_ids(messages, max_new_tokens), time.perf_counter()
-        body = await self._apost(_completion_body(ids, max_new_tokens, False))
+        body = await self._apost(_completion_body(ids, max_new_tokens, False, self.lora_scale))
         return _llama_generation(body, len(ids), time.perf_counter() - t0)
 
     async def astream(self, messages: list[dict], max_new_tokens: int = 128) -> AsyncIterator[str | Generation]:
         ids, t0, ttft, text = self.checked_ids(messages, max_new_tokens), time.perf_counter(), None, []
         await asyncio.to_thread(self.server.restart_if_dead)
-        async with self.aclient.stream("POST", "/completion", json=_completion_body(ids, max_new_tokens, True)) as r:
+        async with self.aclient.stream("POST", "/completion", json=_completion_body(ids, max_new_tokens, True, self.lora_scale)) as r:
             if r.status_code != 200:
                 raise EngineError(f"{self.name} engine answered {r.status_code}: {(await r.aread())[:300]!r}")
             async for line in r.aiter_lines():
@@ -541,6 +561,16 @@ class VllmEngine(LlamaCppEngine):
         if adapter_dir is not None:
             args += ["--enable-lora", "--lora-modules", f"adapter={adapter_dir}"]
         return EngineServer(args, port, None, ready_timeout, env={**os.environ, "VLLM_HOST_IP": "127.0.0.1"})
+
+    @contextlib.contextmanager
+    def without_adapter(self):
+        "Requests inside the block name vLLM's base model instead of the LoRA module."
+        served = self.info.get("served_model")
+        self.info["served_model"] = "base"
+        try:
+            yield self
+        finally:
+            self.info["served_model"] = served
 
     def _body(self, ids: list[int], max_new_tokens: int, stream: bool) -> dict:
         return {"model": self.info.get("served_model", "base"), "prompt": ids, "max_tokens": max_new_tokens,

@@ -21,7 +21,7 @@ __all__ = ['log', 'STOPWORDS', 'GATES', 'MAIN_METRICS', 'CHAMPION', 'PREVIOUS', 
            'cosine_rows', 'semantic_similarity', 'split_sentences', 'groundedness', 'refusal_correctness',
            'latency_summary', 'answer_divergence', 'JudgeScore', 'fill_rubric', 'open_judge', 'judge_answer',
            'judge_agreement', 'guard_layer', 'guard_decisions', 'block_rates', 'GateFailed', 'apply_gate',
-           'gate_message', 'registry_state', 'champion_metrics', 'promote', 'rollback_champion',
+           'gate_message', 'registry_state', 'champion_metrics', 'promote', 'rollback_champion', 'answer_means',
            'register_prompt_version', 'golden_scorers']
 
 # %% ../../nbs/04_evaluate.ipynb #27558b27
@@ -322,6 +322,21 @@ def rollback_champion(client, name: str) -> dict:
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
     version = client.get_model_version(name, history[-1])
     return {"from": state["champion"], "to": history[-1], "source": version.source, "run_id": version.run_id}
+
+# %% ../../nbs/04_evaluate.ipynb #c34ac80d
+def answer_means(answers: list[str], references: list[str], contexts: list[list[str]], refused: list[bool],
+                 embed=None) -> dict:
+    "Mean token F1, ROUGE-L, recall, semantic similarity and groundedness of `answers`, and the share refused."
+    kept = [i for i, r in enumerate(refused) if not r]
+    grounded = [groundedness(answers[i], contexts[i], embed) for i in kept]
+    out = {"token_f1": float(np.mean([token_f1(a, r) for a, r in zip(answers, references)])),
+           "rouge_l": float(np.mean([rouge_l(a, r) for a, r in zip(answers, references)])),
+           "recall": float(np.mean([answer_recall(a, r) for a, r in zip(answers, references)])),
+           "groundedness": float(np.mean(grounded)) if grounded else float("nan"),
+           "refused": float(np.mean(refused))}
+    if embed is not None:
+        out["semantic_similarity"] = float(np.mean(semantic_similarity(answers, references, embed)))
+    return out
 
 # %% ../../nbs/04_evaluate.ipynb #b69a53f6
 def register_prompt_version(name: str, text: str, version: str) -> int:
