@@ -171,3 +171,20 @@ def test_finetune_stage_against_an_mlflow_server(mlflow_server, tmp_path):
     assert "base_model: bundled" in card and "Intended use" in card
     assert lineage["adapter_sha256"] == metrics["adapter_sha256"] and lineage["prompt_version"]
     assert read_jsonl(art / "data" / "train.jsonl")
+
+
+def test_another_architecture_from_a_local_folder(train_file, tmp_path):
+    """Any causal LM in a local folder trains: a GPT-2-architecture model (random weights, the bundled tokenizer and
+    chat template) gets its LoRA targets from its own layers (`c_attn`), not from a list written for Llama."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lab2prod.core import load_model
+    _, tok = load_model("llm")
+    folder = tmp_path / "gpt2-tiny"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=len(tok), n_positions=1024)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    proc = lab2prod_train("--train", train_file, "--out", tmp_path / "adapter", *SMALL, "--base-model", folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["c_attn"] or set(config["target_modules"]) == {"c_attn"}
+    assert results(proc)[0]["steps"] == 6

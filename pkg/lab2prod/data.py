@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import re
 import unicodedata
 from collections import Counter
@@ -33,13 +34,14 @@ from lab2prod.core import (
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'REDTEAM_CATEGORIES', 'FORMATS', 'MIN_CHARS', 'Document', 'Chunk', 'QAPair', 'RedTeamPrompt', 'TrainExample',
-           'Rejection', 'validate_records', 'Rejected', 'list_files', 'decode_bytes', 'html_to_markdown', 'pdf_to_text',
-           'read_document', 'normalize_text', 'find_boilerplate', 'strip_lines', 'text_sha256', 'minhash',
-           'find_duplicates', 'split_sections', 'split_blocks', 'TokenCounter', 'split_long_block', 'overlap_tail',
-           'pack_blocks', 'chunk_id', 'embed_text', 'chunk_document', 'ingest_corpus', 'ensure_usable',
-           'build_train_examples', 'load_golden', 'write_parquet', 'dataset_stats', 'write_data_products',
-           'run_data_stage', 'duplicate_clusters', 'chunk_browser']
+__all__ = ['log', 'REDTEAM_CATEGORIES', 'FORMATS', 'MIN_CHARS', 'NOT_PROSE', 'Document', 'Chunk', 'QAPair', 'RedTeamPrompt',
+           'TrainExample', 'Rejection', 'validate_records', 'Rejected', 'list_files', 'decode_bytes',
+           'html_to_markdown', 'pdf_to_text', 'read_document', 'normalize_text', 'find_boilerplate', 'strip_lines',
+           'text_sha256', 'minhash', 'find_duplicates', 'split_sections', 'split_blocks', 'TokenCounter',
+           'split_long_block', 'overlap_tail', 'pack_blocks', 'chunk_id', 'embed_text', 'chunk_document',
+           'ingest_corpus', 'ensure_usable', 'table_facts', 'sentence_facts', 'build_train_examples', 'load_golden',
+           'write_parquet', 'dataset_stats', 'write_data_products', 'run_data_stage', 'duplicate_clusters',
+           'chunk_browser']
 
 # %% ../../nbs/01_data.ipynb #cf34ff41
 class Document(BaseModel):
@@ -97,10 +99,12 @@ class RedTeamPrompt(BaseModel):
 class TrainExample(BaseModel):
     "One instruction-tuning example in the same prompt format the RAG chain serves."
     id: str
-    context: str = Field(min_length=1)
+    context: str = Field(min_length=1, description="the chunk the question was made from")
     question: str = Field(min_length=3)
     answer: str = Field(min_length=1)
     source: str
+    passages: list[str] = Field(default_factory=list, description="what the prompt shows, in order (empty: context)")
+    kind: str = Field("topic", description="how the pair was made: topic, table, definition, default, unanswerable")
 
 
 class Rejection(BaseModel):
@@ -469,19 +473,79 @@ def ensure_usable(docs: list[Document], rejected: list[Rejection], product: dict
                      f"{' ...' if len(rejected) > 5 else ''}); all reasons in {product['rejected']}")
 
 
-def build_train_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: int = 400) -> list[TrainExample]:
-    "Instruction-tuning examples from the chunks, none of which repeats a golden question."
+def table_facts(text: str) -> list[tuple[str, str]]:
+    "(question, answer) pairs from the rows of the Markdown tables in `text`: the first value column of each row."
+    out, header = [], None
+    for line in text.splitlines():
+        if not line.lstrip().startswith("|"):
+            header = None
+            continue
+        cells = [x.strip().replace("`", "") for x in line.strip().strip("|").split("|")]
+        if all(re.fullmatch(r":?-{2,}:?", x) for x in cells if x):
+            continue  # the row under the header
+        if header is None:
+            header = cells
+            continue
+        methods = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"}
+        if len(cells) >= 2 and len(header) >= 2 and cells[0] and cells[1] and header[1] and cells[0] not in methods:
+            out.append((f"What is the {header[1].lower()} of {cells[0]}?", f"{cells[1]} ({cells[0]})."))
+    return out
+
+
+NOT_PROSE = ("|", "#", "```", "- ", "* ", "> ", "1.", "2.", "3.", "4.", "5.", "6.", "7.", "8.", "9.")
+_DEFINITION = re.compile(r"^(The |A |An )?(`?[A-Za-z][\w.\-/ ]{1,40}?`?) (is|are) (?:an? |the )\S.{10,}")
+_DEFAULT = re.compile(r"`([^`]{2,60})`[^.]{0,60}?\bdefaults? (?:to|is) `?([^`.,;]+)`?")
+
+
+def sentence_facts(text: str) -> list[tuple[str, str, str]]:
+    "(kind, question, answer) pairs from definition and default-value sentences of `text`; the answer is the sentence."
+    out = []
+    prose = " ".join(line for line in text.splitlines() if not line.lstrip().startswith(NOT_PROSE))
+    for sent in _SENTENCE.split(prose):
+        sent = sent.strip()
+        if not 30 <= len(sent) <= 300:
+            continue
+        if m := _DEFAULT.search(sent):
+            out.append(("default", f"What is the default of {m.group(1)}?", sent))
+        elif m := _DEFINITION.match(sent):
+            article, subject = (m.group(1) or "").lower(), m.group(2).replace("`", "")
+            out.append(("definition", f"What {m.group(3)} {article}{subject}?", sent))
+    return out
+
+
+def build_train_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: int = 300, per_chunk: int = 4,
+                         unanswerable_every: int = 8, seed: int = 0) -> list[TrainExample]:
+    """Instruction-tuning examples from the chunks, none of which repeats a golden question.
+
+    Per chunk: a question on its topic (answered by its first sentence), and facts from its tables and from its
+    definition and default-value sentences. The prompt shows the chunk and a chunk of another document, in a seeded
+    order, as retrieval would; every `unanswerable_every`-th example shows only other documents and teaches the
+    answer the chain gives when the context does not hold one."""
+    from lab2prod.guardrails import NO_CONTEXT
     banned = {re.sub(r"\W+", " ", q.question.lower()).strip() for q in golden}
+    rng = random.Random(seed)
     out = []
     for c in chunks:
         topic = c.heading.split(" > ")[-1] if c.heading else Path(c.source).stem.replace("-", " ")
-        question = f"What does the documentation say about {topic}?"
-        if re.sub(r"\W+", " ", question.lower()).strip() in banned:
-            continue
-        sentences = _SENTENCE.split(c.text.replace("\n", " "))
-        answer = " ".join(sentences[:2])[:max_answer_chars].strip()
-        out.append(TrainExample(id=c.chunk_id, context=c.text, question=question, answer=answer, source=c.source))
+        prose = [line for line in c.text.splitlines() if line.strip() and not line.lstrip().startswith(NOT_PROSE)]
+        first = _SENTENCE.split(" ".join(prose))[0].strip() if prose else ""
+        pairs = [("topic", f"What does the documentation say about {topic}?", first)] if len(first) >= 20 else []
+        pairs += [("table", q, a) for q, a in table_facts(c.text)] + sentence_facts(c.text)
+        others = [o for o in chunks if o.source != c.source]
+        for n, (kind, question, answer) in enumerate(pairs[:per_chunk]):
+            if re.sub(r"\W+", " ", question.lower()).strip() in banned or not answer.strip():
+                continue
+            distractors = [o.text for o in rng.sample(others, min(2, len(others)))]
+            if others and (len(out) + 1) % unanswerable_every == 0:
+                kind, answer, passages = "unanswerable", NO_CONTEXT, distractors
+            else:
+                passages = [c.text, *distractors[:1]]
+                rng.shuffle(passages)
+            out.append(TrainExample(id=f"{c.chunk_id}-{n}", context=c.text, question=question,
+                                    answer=answer[:max_answer_chars].strip(), source=c.source, passages=passages,
+                                    kind=kind))
     return out
+
 
 # %% ../../nbs/01_data.ipynb #e7c6325d
 def load_golden(path: Path, sources: set[str]) -> tuple[list[QAPair], int]:

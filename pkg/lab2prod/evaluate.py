@@ -328,7 +328,7 @@ def answer_means(answers: list[str], references: list[str], contexts: list[list[
                  embed=None) -> dict:
     "Mean token F1, ROUGE-L, recall, semantic similarity and groundedness of `answers`, and the share refused."
     kept = [i for i, r in enumerate(refused) if not r]
-    grounded = [groundedness(answers[i], contexts[i], embed) for i in kept]
+    grounded = [g for g in (groundedness(answers[i], contexts[i], embed) for i in kept) if g is not None]
     out = {"token_f1": float(np.mean([token_f1(a, r) for a, r in zip(answers, references)])),
            "rouge_l": float(np.mean([rouge_l(a, r) for a, r in zip(answers, references)])),
            "recall": float(np.mean([answer_recall(a, r) for a, r in zip(answers, references)])),
