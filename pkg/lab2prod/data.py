@@ -514,13 +514,15 @@ def sentence_facts(text: str) -> list[tuple[str, str, str]]:
 
 
 def build_train_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: int = 300, per_chunk: int = 4,
-                         unanswerable_every: int = 8, seed: int = 0) -> list[TrainExample]:
+                         unanswerable_every: int = 8, passages: int = 4, seed: int = 0) -> list[TrainExample]:
     """Instruction-tuning examples from the chunks, none of which repeats a golden question.
 
     Per chunk: a question on its topic (answered by its first sentence), and facts from its tables and from its
-    definition and default-value sentences. The prompt shows the chunk and a chunk of another document, in a seeded
-    order, as retrieval would; every `unanswerable_every`-th example shows only other documents and teaches the
-    answer the chain gives when the context does not hold one."""
+    definition and default-value sentences. The prompt shows `passages` passages, as the served chain does (k=4):
+    the chunk, first more often than not (retrieval ranks it first most of the time), among a chunk of the same
+    document and chunks of others; every `unanswerable_every`-th example shows only other chunks and teaches the
+    answer the chain gives when the context does not hold one. A prompt with fewer passages than the served one
+    taught the adapter to answer a bare passage number once it saw four."""
     from lab2prod.guardrails import NO_CONTEXT
     banned = {re.sub(r"\W+", " ", q.question.lower()).strip() for q in golden}
     rng = random.Random(seed)
@@ -532,17 +534,20 @@ def build_train_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_c
         pairs = [("topic", f"What does the documentation say about {topic}?", first)] if len(first) >= 20 else []
         pairs += [("table", q, a) for q, a in table_facts(c.text)] + sentence_facts(c.text)
         others = [o for o in chunks if o.source != c.source]
+        siblings = [o for o in chunks if o.source == c.source and o.chunk_id != c.chunk_id]
         for n, (kind, question, answer) in enumerate(pairs[:per_chunk]):
             if re.sub(r"\W+", " ", question.lower()).strip() in banned or not answer.strip():
                 continue
-            distractors = [o.text for o in rng.sample(others, min(2, len(others)))]
+            near = [o.text for o in rng.sample(siblings, min(1, len(siblings)))]
+            distractors = near + [o.text for o in rng.sample(others, min(passages - len(near), len(others)))]
             if others and (len(out) + 1) % unanswerable_every == 0:
-                kind, answer, passages = "unanswerable", NO_CONTEXT, distractors
+                kind, answer, shown = "unanswerable", NO_CONTEXT, [o.text for o in rng.sample(others, min(passages, len(others)))]
             else:
-                passages = [c.text, *distractors[:1]]
-                rng.shuffle(passages)
+                shown = distractors[:passages - 1]
+                rng.shuffle(shown)
+                shown.insert(0 if rng.random() < 0.6 else rng.randint(0, len(shown)), c.text)
             out.append(TrainExample(id=f"{c.chunk_id}-{n}", context=c.text, question=question,
-                                    answer=answer[:max_answer_chars].strip(), source=c.source, passages=passages,
+                                    answer=answer[:max_answer_chars].strip(), source=c.source, passages=shown,
                                     kind=kind))
     return out
 
