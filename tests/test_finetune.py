@@ -18,11 +18,31 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
        "PYTHONWARNINGS": "ignore"}
 SMALL = ["--steps", "6", "--batch", "2", "--seq-len", "96", "--lora-r", "4", "--lr", "1e-3"]
+TINY: list[Path] = []  # the tiny model's folder, once the fixture made it
 
 
 @pytest.fixture(scope="module")
-def train_file(tmp_path_factory) -> Path:
-    "A few rows in the data stage's format, from the sample corpus's documents."
+def tiny_model(tmp_path_factory) -> Path:
+    """A two-layer Llama with random weights and the bundled tokenizer, in a local folder: what these tests check
+    (processes, determinism, checkpoints) does not depend on the model's size, and it loads in a blink. The bundled
+    model itself is trained by the stage test below."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lab2prod.core import load_model
+    _, tok = load_model("llm")
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory, tiny_model) -> Path:
+    "A few rows in the data stage's format."
+    TINY[:] = [tiny_model]
     rows = [{"id": f"r{i}", "question": f"What does section {i} of the handbook say about retries?",
              "context": f"Section {i}: a failed job is retried up to {i + 2} times, waiting {i * 10} seconds between tries.",
              "answer": f"Up to {i + 2} retries, {i * 10} seconds apart.", "source": f"doc{i % 3}.md"} for i in range(12)]
@@ -33,6 +53,8 @@ def train_file(tmp_path_factory) -> Path:
 
 def lab2prod_train(*args, launcher: list[str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     cmd = [*(launcher or []), str(BIN / "lab2prod"), "train", *map(str, args)]
+    if "--base-model" not in cmd:
+        cmd += ["--base-model", str(TINY[0])]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT)
 
 
@@ -71,20 +93,21 @@ def test_killed_run_resumes_from_its_last_checkpoint(train_file, tmp_path):
     """SIGKILL in the middle of training, then the same command again: it continues from the newest complete
     checkpoint (not from the start) and ends with the adapter of an uninterrupted run; a damaged checkpoint stops
     the next run with its name."""
-    args = ["--train", train_file, *SMALL[:1], "10", *SMALL[2:], "--checkpoint-every", "2"]
+    args = ["--train", train_file, *SMALL[:1], "100", *SMALL[2:], "--checkpoint-every", "5"]
     whole = results(lab2prod_train(*args, "--out", tmp_path / "whole"))[0]
     ck = tmp_path / "ck"
-    cmd = [str(BIN / "lab2prod"), "train", *map(str, args), "--out", str(tmp_path / "resumed"), "--checkpoint-dir", str(ck)]
+    cmd = [str(BIN / "lab2prod"), "train", *map(str, args), "--out", str(tmp_path / "resumed"), "--checkpoint-dir", str(ck),
+           "--base-model", str(TINY[0])]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=ROOT)
     deadline = time.monotonic() + 300
-    while not list(ck.glob("*/step-000004")) and time.monotonic() < deadline and child.poll() is None:
+    while not list(ck.glob("*/step-00002*")) and time.monotonic() < deadline and child.poll() is None:
         time.sleep(0.05)
     assert child.poll() is None, "training finished before it could be killed; make the run longer"
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL and not (tmp_path / "resumed").exists()
     done = sorted(p.name for p in next(ck.iterdir()).glob("step-*"))
-    assert done and done[-1] < "step-000010", done
+    assert done and done[-1] < "step-000100", done
 
     proc = lab2prod_train(*args, "--out", tmp_path / "resumed", "--checkpoint-dir", ck)
     assert proc.returncode == 0, proc.stderr[-3000:]

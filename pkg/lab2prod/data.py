@@ -488,7 +488,9 @@ def table_facts(text: str) -> list[tuple[str, str]]:
             continue
         methods = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"}
         if len(cells) >= 2 and len(header) >= 2 and cells[0] and cells[1] and header[1] and cells[0] not in methods:
-            out.append((f"What is the {header[1].lower()} of {cells[0]}?", f"{cells[1]} ({cells[0]})."))
+            # a sentence, not a bare value: terse answers taught the model to stop after a token or two
+            out.append((f"What is the {header[1].lower()} of {cells[0]}?",
+                        f"The {header[1].lower()} of {cells[0]} is {cells[1].rstrip('.')}."))
     return out
 
 
