@@ -91,7 +91,7 @@ class Profile(BaseModel):
     max_docs: int | None = Field(None, description="documents ingested (None: all)")
     chunk_tokens: int = Field(200, description="chunk size in embedding-model tokens")
     chunk_overlap: int = Field(32, description="tokens shared by neighbouring chunks")
-    train_steps: int = Field(24, description="LoRA optimizer steps")
+    train_steps: int = Field(30, description="LoRA optimizer steps")
     train_batch: int = Field(4, description="examples per step")
     train_seq_len: int = Field(640, description="tokens per training example (four passages, as served, fit)")
     lora_r: int = Field(8, description="LoRA rank")

@@ -34,14 +34,14 @@ from lab2prod.core import (
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'REDTEAM_CATEGORIES', 'FORMATS', 'MIN_CHARS', 'NOT_PROSE', 'Document', 'Chunk', 'QAPair', 'RedTeamPrompt',
-           'TrainExample', 'Rejection', 'validate_records', 'Rejected', 'list_files', 'decode_bytes',
+__all__ = ['log', 'REDTEAM_CATEGORIES', 'FORMATS', 'MIN_CHARS', 'NOT_PROSE', 'TRAIN_RECIPES', 'Document', 'Chunk', 'QAPair',
+           'RedTeamPrompt', 'TrainExample', 'Rejection', 'validate_records', 'Rejected', 'list_files', 'decode_bytes',
            'html_to_markdown', 'pdf_to_text', 'read_document', 'normalize_text', 'find_boilerplate', 'strip_lines',
            'text_sha256', 'minhash', 'find_duplicates', 'split_sections', 'split_blocks', 'TokenCounter',
            'split_long_block', 'overlap_tail', 'pack_blocks', 'chunk_id', 'embed_text', 'chunk_document',
-           'ingest_corpus', 'ensure_usable', 'table_facts', 'sentence_facts', 'build_train_examples', 'load_golden',
-           'write_parquet', 'dataset_stats', 'write_data_products', 'run_data_stage', 'duplicate_clusters',
-           'chunk_browser']
+           'ingest_corpus', 'ensure_usable', 'table_facts', 'sentence_facts', 'topic_examples', 'build_train_examples',
+           'fact_examples', 'load_golden', 'write_parquet', 'dataset_stats', 'write_data_products', 'run_data_stage',
+           'duplicate_clusters', 'chunk_browser']
 
 # %% ../../nbs/01_data.ipynb #cf34ff41
 class Document(BaseModel):
@@ -515,9 +515,33 @@ def sentence_facts(text: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def build_train_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: int = 300, per_chunk: int = 4,
-                         unanswerable_every: int = 8, passages: int = 4, seed: int = 0) -> list[TrainExample]:
-    """Instruction-tuning examples from the chunks, none of which repeats a golden question.
+def topic_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: int = 400) -> list[TrainExample]:
+    "One example per chunk: a question on its topic, answered by its first two sentences, over the chunk alone."
+    banned = {re.sub(r"\W+", " ", q.question.lower()).strip() for q in golden}
+    out = []
+    for c in chunks:
+        topic = c.heading.split(" > ")[-1] if c.heading else Path(c.source).stem.replace("-", " ")
+        question = f"What does the documentation say about {topic}?"
+        if re.sub(r"\W+", " ", question.lower()).strip() in banned:
+            continue
+        answer = " ".join(_SENTENCE.split(c.text.replace("\n", " "))[:2])[:max_answer_chars].strip()
+        out.append(TrainExample(id=c.chunk_id, context=c.text, question=question, answer=answer, source=c.source))
+    return out
+
+
+TRAIN_RECIPES = ("topics", "facts")
+
+
+def build_train_examples(chunks: list[Chunk], golden: list[QAPair], recipe: str = "topics", **kw) -> list[TrainExample]:
+    "The fine-tuning rows of `recipe` (`topics` or `facts`), none of which repeats a golden question."
+    if recipe not in TRAIN_RECIPES:
+        raise ValueError(f"train_recipe {recipe!r} is unknown; use one of {TRAIN_RECIPES}")
+    return topic_examples(chunks, golden, **kw) if recipe == "topics" else fact_examples(chunks, golden, **kw)
+
+
+def fact_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: int = 300, per_chunk: int = 4,
+                  unanswerable_every: int = 8, passages: int = 4, seed: int = 0) -> list[TrainExample]:
+    """Instruction-tuning examples from the chunks' facts, none of which repeats a golden question.
 
     Per chunk: a question on its topic (answered by its first sentence), and facts from its tables and from its
     definition and default-value sentences. The prompt shows `passages` passages, as the served chain does (k=4):
@@ -601,7 +625,7 @@ def write_data_products(product: dict, docs: list[Document], chunks: list[Chunk]
 def run_data_stage(corpus_dir: str = "data/corpus", golden_path: str = "data/golden.jsonl",
                    redteam_path: str = "data/redteam.jsonl", artifacts_dir: str = "artifacts",
                    embedding_model: str = "bundled", profile: str = "default", near_dup_threshold: float = 0.9,
-                   product: dict | None = None) -> dict:
+                   product: dict | None = None, train_recipe: str = "topics") -> dict:
     "The whole data stage in one call (what the notebook does step by step); returns the stats."
     _, product = stage_io("data", None, product, artifacts_dir)
     prof, corpus = get_profile(profile), resolve_path(corpus_dir)
@@ -612,10 +636,11 @@ def run_data_stage(corpus_dir: str = "data/corpus", golden_path: str = "data/gol
     golden, _ = load_golden(resolve_path(golden_path), {d.source for d in docs})
     redteam = validate_records(read_jsonl(resolve_path(redteam_path)), RedTeamPrompt, str(redteam_path))
     params = dict(corpus_dir=str(corpus), profile=profile, embedding_model=embedding_model,
-                  near_dup_threshold=near_dup_threshold, chunk_tokens=prof.chunk_tokens, chunk_overlap=prof.chunk_overlap)
+                  near_dup_threshold=near_dup_threshold, chunk_tokens=prof.chunk_tokens, chunk_overlap=prof.chunk_overlap,
+                  train_recipe=train_recipe)
     inputs = {"corpus": corpus, "golden": resolve_path(golden_path), "redteam": resolve_path(redteam_path)}
-    return write_data_products(product, docs, chunks, rejected, golden, redteam, build_train_examples(chunks, golden),
-                               info, inputs, params)
+    return write_data_products(product, docs, chunks, rejected, golden, redteam,
+                               build_train_examples(chunks, golden, train_recipe), info, inputs, params)
 
 # %% ../../nbs/01_data.ipynb #f11c25b3
 def duplicate_clusters(rejected: list[Rejection]) -> pd.DataFrame:
