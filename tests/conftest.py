@@ -50,27 +50,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(proc, url: str, timeout: int, retry_port_clash: bool) -> bool:
+    "True once /readyz answers 200; False when the server died of a port clash and may be started again."
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            if retry_port_clash and "Address already in use" in proc.output():
+                return False
+            pytest.fail(f"bentoml serve exited: {proc.output()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"service not ready in {timeout} s")
+
+
 @contextlib.contextmanager
 def serving(env: dict, ready_timeout: int = 240):
-    "Run `bentoml serve` from the project root on a free loopback port; yields its URL and the process."
-    port, log = free_port(), tempfile.NamedTemporaryFile(prefix="bentoml-serve-", suffix=".log")  # a pipe could fill and block
-    proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    proc.output = lambda: open(log.name, encoding="utf-8", errors="replace").read()
-    url = f"http://127.0.0.1:{port}"
+    """Run `bentoml serve` from the project root on a free loopback port; yields its URL and the process.
+
+    BentoML's process manager picks its own control port when it starts; on a busy machine another process can take
+    that port first ("Address already in use"), and only then is the start tried again, on new ports."""
+    for attempt in range(3):
+        port, log = free_port(), tempfile.NamedTemporaryFile(prefix="bentoml-serve-", suffix=".log")  # a pipe could fill
+        proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
+                                env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc.output = lambda name=log.name: open(name, encoding="utf-8", errors="replace").read()
+        url = f"http://127.0.0.1:{port}"
+        if wait_ready(proc, url, ready_timeout, retry_port_clash=attempt < 2):
+            break
     try:
-        deadline = time.time() + ready_timeout
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited: {proc.output()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail(f"service not ready in {ready_timeout} s")
         yield url, proc
     finally:
         import psutil
