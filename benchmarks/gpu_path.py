@@ -68,7 +68,10 @@ def first_token_seconds(engine, messages: list[dict], max_new_tokens: int = 32) 
 
 def measure_engine(engine, prompts: list[list[dict]], max_new_tokens: int, batches: list[int]) -> dict:
     "One stream, each batch size and time to first token for `engine`."
-    return {"describe": {k: v for k, v in engine.describe().items() if isinstance(v, (str, int, float, bool, type(None)))},
+    described = {k: v for k, v in engine.describe().items() if isinstance(v, (str, int, float, bool, type(None)))}
+    if "/" in str(described.get("base_model", "")):  # a file of this machine: its name says which model it is
+        described["base_model"] = Path(described["base_model"]).name
+    return {"describe": described,
             "one_stream": decode_speed(engine, prompts[:1], max_new_tokens),
             "batches": [decode_speed(engine, prompts[:b], max_new_tokens, repeats=1) for b in batches],
             "ttft_s": first_token_seconds(engine, prompts[0])}
