@@ -69,7 +69,7 @@ def first_token_seconds(engine, messages: list[dict], max_new_tokens: int = 32) 
 def measure_engine(engine, prompts: list[list[dict]], max_new_tokens: int, batches: list[int]) -> dict:
     "One stream, each batch size and time to first token for `engine`."
     described = {k: v for k, v in engine.describe().items() if isinstance(v, (str, int, float, bool, type(None)))}
-    if "/" in str(described.get("base_model", "")):  # a file of this machine: its name says which model it is
+    if Path(str(described.get("base_model", ""))).is_file():  # a file of this machine: its name says which model it is
         described["base_model"] = Path(described["base_model"]).name
     return {"describe": described,
             "one_stream": decode_speed(engine, prompts[:1], max_new_tokens),
