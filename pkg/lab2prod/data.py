@@ -39,9 +39,9 @@ __all__ = ['log', 'REDTEAM_CATEGORIES', 'FORMATS', 'MIN_CHARS', 'NOT_PROSE', 'TR
            'html_to_markdown', 'pdf_to_text', 'read_document', 'normalize_text', 'find_boilerplate', 'strip_lines',
            'text_sha256', 'minhash', 'find_duplicates', 'split_sections', 'split_blocks', 'TokenCounter',
            'split_long_block', 'overlap_tail', 'pack_blocks', 'chunk_id', 'embed_text', 'chunk_document',
-           'ingest_corpus', 'ensure_usable', 'table_facts', 'sentence_facts', 'topic_examples', 'build_train_examples',
-           'fact_examples', 'load_golden', 'write_parquet', 'dataset_stats', 'write_data_products', 'run_data_stage',
-           'duplicate_clusters', 'chunk_browser']
+           'ingest_corpus', 'ensure_usable', 'table_facts', 'sentence_facts', 'question_key', 'topic_examples',
+           'build_train_examples', 'fact_examples', 'load_golden', 'write_parquet', 'dataset_stats',
+           'write_data_products', 'run_data_stage', 'duplicate_clusters', 'chunk_browser']
 
 # %% ../../nbs/01_data.ipynb #cf34ff41
 class Document(BaseModel):
@@ -515,14 +515,19 @@ def sentence_facts(text: str) -> list[tuple[str, str, str]]:
     return out
 
 
+def question_key(question: str) -> str:
+    "A question reduced to lower-case words: how a training question is matched against the golden ones."
+    return re.sub(r"\W+", " ", question.lower()).strip()
+
+
 def topic_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: int = 400) -> list[TrainExample]:
     "One example per chunk: a question on its topic, answered by its first two sentences, over the chunk alone."
-    banned = {re.sub(r"\W+", " ", q.question.lower()).strip() for q in golden}
+    banned = {question_key(q.question) for q in golden}
     out = []
     for c in chunks:
         topic = c.heading.split(" > ")[-1] if c.heading else Path(c.source).stem.replace("-", " ")
         question = f"What does the documentation say about {topic}?"
-        if re.sub(r"\W+", " ", question.lower()).strip() in banned:
+        if question_key(question) in banned:
             continue
         answer = " ".join(_SENTENCE.split(c.text.replace("\n", " "))[:2])[:max_answer_chars].strip()
         out.append(TrainExample(id=c.chunk_id, context=c.text, question=question, answer=answer, source=c.source))
@@ -550,7 +555,7 @@ def fact_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: i
     answer the chain gives when the context does not hold one. A prompt with fewer passages than the served one
     taught the adapter to answer a bare passage number once it saw four."""
     from lab2prod.guardrails import NO_CONTEXT
-    banned = {re.sub(r"\W+", " ", q.question.lower()).strip() for q in golden}
+    banned = {question_key(q.question) for q in golden}
     rng = random.Random(seed)
     out = []
     for c in chunks:
@@ -562,7 +567,7 @@ def fact_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: i
         others = [o for o in chunks if o.source != c.source]
         siblings = [o for o in chunks if o.source == c.source and o.chunk_id != c.chunk_id]
         for n, (kind, question, answer) in enumerate(pairs[:per_chunk]):
-            if re.sub(r"\W+", " ", question.lower()).strip() in banned or not answer.strip():
+            if question_key(question) in banned or not answer.strip():
                 continue
             near = [o.text for o in rng.sample(siblings, min(1, len(siblings)))]
             distractors = near + [o.text for o in rng.sample(others, min(passages - len(near), len(others)))]
