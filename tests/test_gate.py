@@ -43,8 +43,8 @@ def test_gate_fail_promote_and_rollback(art):
     assert failed.returncode != 0
     out = failed.stdout + failed.stderr
     assert "quality gate failed" in out and "threshold retrieval/hit_at_5" in out and "threshold answer/token_f1" in out
-    gate = json.loads((art / "eval" / "gate.json").read_text())
-    assert gate["passed"] is False and gate["promoted"] is None and gate["candidate_version"] == 2
+    gate = json.loads((art / "eval" / "gate.json").read_text())  # the last good evaluation's, not replaced
+    assert gate["passed"] is True and gate["promoted"] == {"from": None, "to": "1"} and gate["candidate_version"] == 1
     after_fail = registry(art)
     assert after_fail["versions"] == [1, 2] and after_fail["champion"] == "1", after_fail  # nothing moved
 
@@ -53,6 +53,7 @@ def test_gate_fail_promote_and_rollback(art):
     promoted = registry(art)
     assert (promoted["champion"], promoted["previous"], promoted["history"]) == ("2", "1", ["1", "2"]), promoted
     assert json.loads((art / "engine" / "engine.json").read_text())["adapter_version"].endswith("/2")
+    assert json.loads((art / "eval" / "gate.json").read_text())["candidate_version"] == 2
 
     # one command moves it back and rebuilds the engine folder with version 1's adapter
     rb = run(["lab2prod", "rollback", "--artifacts", str(art)])

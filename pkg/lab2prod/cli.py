@@ -13,18 +13,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from .core import build_lineage, disable_telemetry, resolve_path, tracking_uri_for, write_lineage
+from .core import build_lineage, disable_telemetry, tracking_uri_for, write_lineage
 
 # %% auto #0
-__all__ = ['rebuild_engine', 'rollback', 'rollback_message', 'train', 'main']
+__all__ = ['rebuild_engine', 'rollback', 'rollback_message', 'train', 'list_runs', 'reproduce_run', 'main']
 
 # %% ../../nbs/07_cli.ipynb #2c2bf69a
 def rebuild_engine(artifacts_dir: str | os.PathLike, adapter_uri: str, version: str) -> Path:
-    "Rebuild `<artifacts>/engine` with the adapter at `adapter_uri` (an MLflow artifact URI; `version`: name/number)."
+    "Rebuild the served engine folder with the adapter at `adapter_uri` (an MLflow artifact URI; `version`: name/number)."
     import mlflow
 
     from lab2prod.engine import prepare_engine, read_engine_spec
-    engine_dir = resolve_path(artifacts_dir) / "engine"
+    from lab2prod.rag import served_manifest_for
+    engine_dir = Path(served_manifest_for(artifacts_dir).engine_dir)  # what the service loads: the packaged one, if any
     spec = read_engine_spec(engine_dir)
     staging = engine_dir.with_name("engine.rollback")
     shutil.rmtree(staging, ignore_errors=True)
@@ -62,7 +63,7 @@ def rollback_message(moved: dict) -> str:
              f"previous: {moved['registry']['previous'] or 'none'}"]
     if moved.get("engine_dir"):
         lines.append(f"the service loads {moved['engine_dir']} (adapter version {moved['to']}) at its next start; "
-                     "rebuild the Bento with `ploomber task package --force`")
+                     "a Bento is rebuilt from the staged folder beside it with `bentoml build`")
     else:
         lines.append("the engine folder was left as it was: run the engine task to serve the new champion")
     return "\n".join(lines)
@@ -85,6 +86,35 @@ def train(a: argparse.Namespace) -> int:
     return 0
 
 
+def list_runs(artifacts: str) -> int:
+    "`lab2prod runs`: one line per archived run, newest first."
+    from lab2prod.runs import hook_args, load_runs
+    runs_dir = hook_args(artifacts)["runs_dir"]
+    runs = load_runs(runs_dir)
+    if not runs:
+        print(f"no archived runs in {runs_dir}: run the pipeline with `ploomber build`")
+        return 0
+    for r in runs:
+        gate = "" if r.gate is None else f" gate {'passed' if r.gate['passed'] else 'failed'}"
+        f1 = f" token_f1 {r.metrics['answer/token_f1']:.3f}" if "answer/token_f1" in r.metrics else ""
+        print(f"{r.run_id}  {r.status:6}  {(r.git_commit or '')[:10]}{'+' if r.git_dirty else ''}  "
+              f"ran: {','.join(r.ran()) or '-'}{gate}{f1}")
+    print(f"index: {Path(runs_dir) / 'index.html'}")
+    return 0
+
+
+def reproduce_run(a: argparse.Namespace) -> int:
+    "`lab2prod reproduce`: exit status 0 on a match, 1 on a mismatch or an error."
+    from lab2prod.runs import reproduce, reproduce_message
+    try:
+        result = reproduce(a.run_id, a.artifacts, a.tolerance, a.keep)
+    except (KeyError, ValueError, RuntimeError) as e:
+        print(f"lab2prod reproduce: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 1
+    print(reproduce_message(result))
+    return 0 if result["verdict"] == "match" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     "The `lab2prod` command line."
     ap = argparse.ArgumentParser(prog="lab2prod", description="Operate a lab2prod project: registry, runs, training.")
@@ -93,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     rb.add_argument("--artifacts", default="artifacts", help="the pipeline's artifacts folder (default: artifacts)")
     rb.add_argument("--tracking-uri", default="", help="MLflow store (default: the SQLite store in the artifacts folder)")
     rb.add_argument("--no-engine", action="store_true", help="only move the aliases; leave the engine folder as it is")
+    ls = sub.add_parser("runs", help="list the archived pipeline runs, newest first")
+    ls.add_argument("--artifacts", default="artifacts", help="the pipeline's artifacts folder (default: artifacts)")
+    rp = sub.add_parser("reproduce", help="re-run an archived run in a clean checkout of its commit and compare")
+    rp.add_argument("run_id", help="the run's id (or a unique prefix), as `lab2prod runs` lists it")
+    rp.add_argument("--artifacts", default="artifacts", help="the artifacts folder whose runs/ holds the run")
+    rp.add_argument("--tolerance", type=float, default=0.05, help="training losses (relative) and metrics (absolute)")
+    rp.add_argument("--keep", action="store_true", help="keep the checkout and its artifacts after a match")
     tr = sub.add_parser("train", help="train a LoRA adapter (run it under `accelerate launch` for several processes)")
     tr.add_argument("--train", required=True, help="training rows (JSON lines: question, context, answer)")
     tr.add_argument("--out", required=True, help="folder the adapter is saved to (replaced whole when training ends)")
@@ -113,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     disable_telemetry()
     if a.command == "train":
         return train(a)
+    if a.command == "runs":
+        return list_runs(a.artifacts)
+    if a.command == "reproduce":
+        return reproduce_run(a)
     try:
         moved = rollback(a.artifacts, a.tracking_uri, engine=not a.no_engine)
     except (ValueError, FileNotFoundError) as e:

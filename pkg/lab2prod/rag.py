@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from .core import file_hash, git_state, project_root, resolve_path
+from .core import atomic_write_text, file_hash, git_state, pipeline_products, project_root
 from .engine import Engine, Generation, load_engine
 from .guardrails import NO_CONTEXT, REFUSAL, Detector, StreamScrubber, check_grounding, check_prompt, scrub_pii
 from .index import Hit, Retriever, check_skew
@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'MAX_CONTEXT_CHARS', 'MAX_PROMPT_CONTEXT_CHARS', 'Prompt', 'prompts_dir', 'load_prompt', 'build_messages',
-           'Prepared', 'guardrail_record', 'read_json_or_none', 'RagChain']
+           'Prepared', 'guardrail_record', 'ServedManifest', 'write_served_manifest', 'load_served_manifest',
+           'served_manifest_for', 'read_json_or_none', 'RagChain']
 
 # %% ../../nbs/03b_rag.ipynb #91986779
 class Prompt(BaseModel):
@@ -90,6 +91,70 @@ def guardrail_record(category: str = "", rule: str = "", pii: list[str] | None =
     "The guardrail decision as logged and counted: refused or not, the category and rule, the personal data removed."
     return {"refused": bool(category), "category": category or None, "rule": rule or None, "pii": pii or []}
 
+# %% ../../nbs/03b_rag.ipynb #bbbab219
+class ServedManifest(BaseModel):
+    "What one service serves, as the `package` task wrote it; `load_served_manifest` makes its paths absolute."
+    index_dir: str
+    engine_dir: str
+    guard_dir: str | None = None
+    chunks: str | None = None
+    prompts_dir: str | None = None
+    log_dir: str
+    history: str | None = None
+    gate: str | None = None
+    lineage: dict[str, str] = Field(default_factory=dict, description="stage -> its lineage.json")
+    base_model: str | None = None
+    adapter_version: str | None = None
+    run_id: str | None = None
+    created: str | None = None
+
+    def relative_to(self, folder: Path) -> "ServedManifest":
+        "The same manifest with its paths relative to `folder` (where it will be written)."
+        return self._map(lambda p: os.path.relpath(p, folder))
+
+    def absolute_from(self, folder: Path) -> "ServedManifest":
+        "The same manifest with relative paths resolved against `folder` (where it was read from)."
+        return self._map(lambda p: str((folder / p).resolve()))
+
+    def _map(self, fn) -> "ServedManifest":
+        data = self.model_dump()
+        for key in ("index_dir", "engine_dir", "guard_dir", "chunks", "prompts_dir", "log_dir", "history", "gate"):
+            if data[key] is not None:
+                data[key] = fn(data[key])
+        data["lineage"] = {k: fn(v) for k, v in data["lineage"].items()}
+        return ServedManifest.model_validate(data)
+
+
+def write_served_manifest(path: str | os.PathLike, manifest: ServedManifest) -> Path:
+    "Write `manifest` to `path` (atomically), its paths relative to the file's folder."
+    path = Path(path)
+    return atomic_write_text(path, manifest.relative_to(path.parent.resolve()).model_dump_json(indent=2) + "\n")
+
+
+def load_served_manifest(path: str | os.PathLike) -> ServedManifest:
+    "Read a served manifest; a missing or malformed file raises naming it."
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no served manifest at {path}: run the package task (ploomber build --partially package)")
+    try:
+        manifest = ServedManifest.model_validate_json(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not a served manifest: {e}".replace("\n", " ")) from None
+    return manifest.absolute_from(path.parent.resolve())
+
+
+def served_manifest_for(artifacts_dir: str | os.PathLike) -> ServedManifest:
+    "The manifest of one artifacts folder: the package task's when it ran, else derived from pipeline.yaml."
+    products = pipeline_products(artifacts_dir)
+    written = Path(products["package"]["served"])
+    if written.exists():
+        return load_served_manifest(written)
+    lineage = {t: products[t]["lineage"] for t in ("data", "index", "guard", "finetune", "engine") if "lineage" in products[t]}
+    return ServedManifest(index_dir=products["index"]["index"], engine_dir=products["engine"]["engine"],
+                          guard_dir=products["guard"]["guard"], chunks=products["data"]["chunks"],
+                          log_dir=products["package"]["logs"], history=products["package"]["history"],
+                          gate=products["evaluate"]["gate"], lineage=lineage)
+
 # %% ../../nbs/03b_rag.ipynb #f224e686
 def read_json_or_none(path: Path) -> dict | None:
     "A JSON file's content, or None when it does not exist."
@@ -97,7 +162,7 @@ def read_json_or_none(path: Path) -> dict | None:
 
 
 class RagChain:
-    "Retrieval-augmented answers from the index and the generation engine of one artifacts folder."
+    "Retrieval-augmented answers from one index and one generation engine."
 
     def __init__(self, retriever: Retriever, engine: Engine, lineage: dict, min_similarity: float = 0.25,
                  detector: Detector | None = None, prompt: Prompt | None = None):
@@ -106,25 +171,40 @@ class RagChain:
         self.detector, self.prompt = detector, prompt or load_prompt()
 
     @classmethod
-    def load(cls, artifacts_dir: str | os.PathLike, base_model: str | None = None, backend: str | None = None,
-             min_similarity: float = 0.25) -> "RagChain":
-        "Load the index and the engine (with the adapter) from `artifacts_dir`, as the pipeline wrote them."
-        art = resolve_path(artifacts_dir)
-        retriever = Retriever.load(art / "index")
-        chunks = art / "data" / "chunks.parquet"
-        skew = check_skew(art / "index", chunks) if chunks.exists() else None
-        engine = load_engine(art / "engine", backend=backend, base_model=base_model)
-        detector = Detector.load(art / "guard") if (art / "guard" / "guard.json").exists() else None
+    def load(cls, index_dir: str | os.PathLike, engine_dir: str | os.PathLike, guard_dir: str | os.PathLike | None = None,
+             chunks: str | os.PathLike | None = None, prompts: str | os.PathLike | None = None,
+             base_model: str | None = None, backend: str | None = None, min_similarity: float = 0.25) -> "RagChain":
+        """The chain over the index in `index_dir` and the engine (with its adapter) in `engine_dir`.
+
+        `guard_dir`: the trained prompt detector (rules only without it); `chunks`: the curated chunks, to check the
+        index is in step with them; `prompts`: the folder of prompt files (default `prompts_dir()`)."""
+        retriever = Retriever.load(index_dir)
+        skew = check_skew(index_dir, chunks) if chunks and Path(chunks).exists() else None
+        engine = load_engine(engine_dir, backend=backend, base_model=base_model)
+        detector = Detector.load(guard_dir) if guard_dir and (Path(guard_dir) / "guard.json").exists() else None
         if detector is None:
-            log.warning("no trained prompt detector in %s: only the rules and the grounding check guard the input", art / "guard")
-        prompt = load_prompt()
+            log.warning("no trained prompt detector in %s: only the rules and the grounding check guard the input", guard_dir)
+        prompt = load_prompt(folder=prompts)
         desc = engine.describe()
         lineage = {"model": desc.get("base_model"), "adapter": desc.get("adapter_version"), "engine": desc["backend"],
                    "device": desc.get("device"), "index": retriever.manifest["data_sha256"][:12], "prompt": prompt.version,
                    "git_commit": git_state().get("git_commit"), "index_in_step": None if skew is None else skew["in_step"],
                    "embedding_backend": retriever.manifest.get("embedding_backend"),
-                   "guard": file_hash(art / "guard" / "guard.json")[:12] if detector else None}
+                   "guard": file_hash(Path(guard_dir) / "guard.json")[:12] if detector else None}
         return cls(retriever, engine, lineage, min_similarity, detector, prompt)
+
+    @classmethod
+    def from_manifest(cls, manifest: ServedManifest, base_model: str | None = None, backend: str | None = None,
+                      min_similarity: float = 0.25) -> "RagChain":
+        "The chain a served manifest (the `package` task's, or `served_manifest_for`) describes."
+        return cls.load(manifest.index_dir, manifest.engine_dir, manifest.guard_dir, manifest.chunks, manifest.prompts_dir,
+                        base_model or manifest.base_model, backend, min_similarity)
+
+    @classmethod
+    def from_artifacts(cls, artifacts_dir: str | os.PathLike, base_model: str | None = None, backend: str | None = None,
+                       min_similarity: float = 0.25) -> "RagChain":
+        "The chain of one pipeline run's artifacts folder, its paths read from pipeline.yaml."
+        return cls.from_manifest(served_manifest_for(artifacts_dir), base_model, backend, min_similarity)
 
     def check_input(self, question: str):
         "The input guardrails: the rules over every view of the question, then the learned detector."

