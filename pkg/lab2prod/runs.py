@@ -101,7 +101,9 @@ def why_task_runs(task) -> list[str]:
     if meta.timestamp is None:
         return ["no record of an earlier run (Ploomber's metadata is missing)"]
     reasons = []
-    stored = meta.params or {}
+    # MetadataCollection.params of this Ploomber version reads an attribute products lack: ask one product itself
+    first = next(iter(task.product)) if hasattr(task.product, "products") else task.product
+    stored = first.metadata.params or {}
     current = process_resources(task.params.to_json_serializable(params_only=True))
     for key in sorted(set(stored) | set(current)):
         if stored.get(key) != current.get(key):
