@@ -299,11 +299,11 @@ def cache_share(before: tuple[float, float], after: tuple[float, float]) -> floa
 
 def question_pool(artifacts: str | os.PathLike) -> list[str]:
     "Distinct questions about the corpus of an artifacts folder: the golden set's, then the training set's."
-    from lab2prod.core import read_jsonl
-    art = Path(artifacts)
-    qs = [g["question"] for g in read_jsonl(art / "data/golden.jsonl")]
-    if (art / "data/train.jsonl").exists():
-        qs += [t["question"] for t in read_jsonl(art / "data/train.jsonl") if t.get("question")]
+    from lab2prod.core import read_jsonl, stage_products
+    data = stage_products("data", artifacts)
+    qs = [g["question"] for g in read_jsonl(data["golden"])]
+    if Path(data["train"]).exists():
+        qs += [t["question"] for t in read_jsonl(data["train"]) if t.get("question")]
     return list(dict.fromkeys(q.strip() for q in qs if q.strip()))
 
 # --- concurrent clients ---------------------------------------------------------------------------------------------

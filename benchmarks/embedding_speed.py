@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lab2prod.core import atomic_write_json, load_model
+from lab2prod.core import atomic_write_json, load_model, stage_products
 from lab2prod.data import run_data_stage
 from lab2prod.index import chunk_embed_texts, embed_texts, load_embedder
 
@@ -35,7 +35,7 @@ def main(out: Path, repeats: int = 3) -> dict:
         texts = []
         for name, corpus in (("sample", ROOT / "data/corpus"), ("pydoc", tmp / "pydoc")):
             run_data_stage(corpus_dir=str(corpus), artifacts_dir=str(tmp / name), profile="default")
-            texts += chunk_embed_texts(pd.read_parquet(tmp / name / "data/chunks.parquet"))
+            texts += chunk_embed_texts(pd.read_parquet(stage_products("data", tmp / name)["chunks"]))
         models = {"plain": load_model("embedding"), "torch-bf16": load_embedder("bundled", "torch-bf16"),
                   "onnx-int8": load_embedder("bundled", "onnx-int8", tmp / "embedder")}
         times, vecs = {k: [] for k in models}, {}

@@ -73,6 +73,7 @@ from lab2prod.engine import (
     read_engine_spec,
     start_llama_server,
 )
+from lab2prod.rag import served_manifest_for
 
 
 def bundled_gguf() -> Path:
@@ -88,7 +89,7 @@ def build_prompts(questions: list[str], art: Path, tokenizer_dir: Path) -> tuple
     from lab2prod.index import Retriever
     from lab2prod.rag import build_messages
     engine = Engine(AutoTokenizer.from_pretrained(tokenizer_dir))
-    retriever = Retriever.load(art / "index")
+    retriever = Retriever.load(served_manifest_for(art).index_dir)
     rag = {q: engine.prompt_ids(build_messages(q, [h.text for h in retriever.search(q, 4)])) for q in questions}
     short = engine.prompt_ids([{"role": "user", "content": questions[0]}])
     return rag, short
@@ -200,8 +201,9 @@ def ratio(a, b) -> float | None:
 
 def main(a: argparse.Namespace) -> dict:
     art = Path(a.artifacts)
-    spec = read_engine_spec(art / "engine")
-    gguf, lora, cores = bundled_gguf(), art / "engine" / spec.adapter_gguf, len(os.sched_getaffinity(0))
+    engine_dir = Path(served_manifest_for(art).engine_dir)  # what the service serves
+    spec = read_engine_spec(engine_dir)
+    gguf, lora, cores = bundled_gguf(), engine_dir / spec.adapter_gguf, len(os.sched_getaffinity(0))
     info = machine_info() | {"load_avg_before": os.getloadavg()}
     t_start = time.perf_counter()
     service = Service(art).start()  # it loads while the prompts are built
@@ -211,7 +213,7 @@ def main(a: argparse.Namespace) -> dict:
         pool, n = question_pool(art), a.requests_per_client
         need = len(a.clients) * a.repeats * 2 * n
         lists = [[pool[(i * n + j) % len(pool)] for j in range(n)] for i in range(len(a.clients) * a.repeats * 2)]
-        rag, short = build_prompts(list(dict.fromkeys(q for lst in lists for q in lst)), art, art / "engine" / spec.tokenizer)
+        rag, short = build_prompts(list(dict.fromkeys(q for lst in lists for q in lst)), art, engine_dir / spec.tokenizer)
         lens = [len(ids) for ids in rag.values()]
         progress(f"{len(rag)} RAG prompts of {min(lens)}-{max(lens)} tokens (mean {sum(lens) / len(lens):.0f}) from a pool of "
                  f"{len(pool)} questions{'' if need <= len(pool) else f' (reused: the runs need {need})'}; "

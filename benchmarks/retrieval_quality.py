@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lab2prod.core import atomic_write_json, load_model, read_jsonl
+from lab2prod.core import atomic_write_json, load_model, read_jsonl, stage_products
 from lab2prod.data import run_data_stage
 from lab2prod.index import Retriever, build_index, embed_texts, evaluate_retrieval
 
@@ -61,12 +61,13 @@ def main(out: Path) -> dict:
         for name, (corpus, golden_path) in corpora(work).items():
             art = work / name
             run_data_stage(corpus_dir=str(corpus), golden_path=str(golden_path), artifacts_dir=str(art), profile="default")
-            golden = read_jsonl(art / "data/golden.jsonl")
+            data = stage_products("data", art)
+            golden = read_jsonl(data["golden"])
             results[f"{name}/floor"] = naive_floor(corpus, golden, torch_model)
             for backend in ("torch", "torch-bf16", "onnx-int8"):
                 idx = work / f"{name}-{backend}"
                 t0 = time.perf_counter()
-                build_index(art / "data/chunks.parquet", idx, embedding_backend=backend)
+                build_index(data["chunks"], idx, embedding_backend=backend)
                 build_s = time.perf_counter() - t0
                 for mode in ("dense", "lexical", "hybrid"):
                     if mode == "lexical" and backend != "torch":

@@ -18,6 +18,8 @@ QUIET_ENV = {"PLOOMBER_STATS_ENABLED": "false", "ANONYMIZED_TELEMETRY": "False",
              "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
              "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 os.environ.update(QUIET_ENV)
+# planted in the pipeline runs' environment: no archived report may contain them (tests/test_runs.py)
+PLANTED_SECRETS = {"LAB2PROD_JUDGE_API_KEY": "sk-planted-judge-7f3a9c01d2", "DEPLOY_TOKEN": "tok-planted-5be41c77a9"}
 
 
 def run(args: list[str], env: dict | None = None, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
@@ -38,7 +40,7 @@ def bentoml_home(tmp_path_factory) -> Path:
 def smoke_run(tmp_path_factory, bentoml_home) -> dict:
     "The whole pipeline on the smoke profile into a fresh artifacts folder."
     art = tmp_path_factory.mktemp("artifacts")
-    env = {"BENTOML_HOME": str(bentoml_home)}
+    env = {"BENTOML_HOME": str(bentoml_home), **PLANTED_SECRETS}  # secrets in the environment must stay out of reports
     first = run(["ploomber", "build", "--env--profile", "smoke", "--env--artifacts_dir", str(art)], env=env)
     second = run(["ploomber", "build", "--env--profile", "smoke", "--env--artifacts_dir", str(art)], env=env)
     return {"artifacts": art, "first": first.stdout, "second": second.stdout, "env": env}

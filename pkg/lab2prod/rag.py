@@ -171,13 +171,17 @@ class RagChain:
         self.detector, self.prompt = detector, prompt or load_prompt()
 
     @classmethod
-    def load(cls, index_dir: str | os.PathLike, engine_dir: str | os.PathLike, guard_dir: str | os.PathLike | None = None,
-             chunks: str | os.PathLike | None = None, prompts: str | os.PathLike | None = None,
-             base_model: str | None = None, backend: str | None = None, min_similarity: float = 0.25) -> "RagChain":
+    def load(cls, index_dir: str | os.PathLike, engine_dir: str | os.PathLike | None = None,
+             guard_dir: str | os.PathLike | None = None, chunks: str | os.PathLike | None = None,
+             prompts: str | os.PathLike | None = None, base_model: str | None = None, backend: str | None = None,
+             min_similarity: float = 0.25) -> "RagChain":
         """The chain over the index in `index_dir` and the engine (with its adapter) in `engine_dir`.
 
         `guard_dir`: the trained prompt detector (rules only without it); `chunks`: the curated chunks, to check the
-        index is in step with them; `prompts`: the folder of prompt files (default `prompts_dir()`)."""
+        index is in step with them; `prompts`: the folder of prompt files (default `prompts_dir()`). Given one
+        folder only, it is a pipeline run's artifacts folder, its paths read from pipeline.yaml (`from_artifacts`)."""
+        if engine_dir is None:
+            return cls.from_artifacts(index_dir, base_model, backend, min_similarity)
         retriever = Retriever.load(index_dir)
         skew = check_skew(index_dir, chunks) if chunks and Path(chunks).exists() else None
         engine = load_engine(engine_dir, backend=backend, base_model=base_model)

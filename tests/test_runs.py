@@ -1,0 +1,124 @@
+"""The audit trail across processes: every `ploomber build` archived with its reports, lineage and the reasons each
+task ran; a failed build archived too and leaving the last good products; secrets kept out; the index page, MLflow
+and the registry linked; `lab2prod reproduce` re-creating a run from its commit."""
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import PLANTED_SECRETS, ROOT, run
+
+from lab2prod.core import dir_hash, read_jsonl, stage_products, tracking_uri_for
+from lab2prod.runs import hook_args, load_runs
+
+TASKS = ["data", "index", "guard", "finetune", "engine", "evaluate", "package", "monitor"]
+
+
+@pytest.fixture(scope="module")
+def history(smoke_run, tmp_path_factory):
+    """After the smoke run's two builds: one with another parameter, one that fails, and the build after the fix."""
+    art, env = smoke_run["artifacts"], smoke_run["env"]
+
+    def build(*extra, check=True):
+        return run(["ploomber", "build", "--env--profile", "smoke", "--env--artifacts_dir", str(art), *extra], env=env,
+                   check=check)
+    build("--env--gate_tolerance", "0.5")
+    data = stage_products("data", art)
+    good = {k: dir_hash(p) for k, p in data.items()}
+    missing = tmp_path_factory.mktemp("nocorpus") / "missing"
+    failed = build("--env--gate_tolerance", "0.5", "--env--corpus_dir", str(missing), check=False)
+    after = {k: dir_hash(p) for k, p in data.items()}
+    fixed = build("--env--gate_tolerance", "0.5")
+    runs_dir = Path(hook_args(art)["runs_dir"])
+    return {"art": art, "runs_dir": runs_dir, "runs": load_runs(runs_dir), "good": good, "after_failure": after,
+            "failed": failed, "fixed": fixed.stdout}
+
+
+def test_every_build_is_archived(history):
+    runs = history["runs"]
+    assert [r.status for r in runs] == ["passed", "failed", "passed", "passed", "passed"], [r.run_id for r in runs]
+    first = runs[-1]
+    assert [t.status for t in first.tasks] == ["ran"] * 8 and [t.name for t in first.tasks] == TASKS
+    assert len(first.git_commit) == 40 and first.packages["ploomber"] and first.params["profile"] == "smoke"
+    assert first.inputs and all(len(h) == 64 for h in first.inputs.values()), first.inputs
+    assert {"index", "finetune", "evaluate"} <= set(first.mlflow_runs), first.mlflow_runs
+    run_dir = history["runs_dir"] / first.run_id
+    for t in first.tasks:
+        nb = json.loads((run_dir / t.report).read_text())
+        tags = [c["metadata"].get("tags", []) for c in nb["cells"]]
+        assert ["injected-parameters"] in tags, f"{t.name}: papermill's injected parameters are in the report"
+        assert "<html" in (run_dir / t.html).read_text()[:2000]
+    assert all(t.status == "skipped" for t in runs[-2].tasks), "the second build had nothing to do"
+
+
+def test_why_each_task_ran(history):
+    changed = history["runs"][-3]  # the build with another gate tolerance
+    why = {t.name: (t.status, t.why) for t in changed.tasks}
+    assert why["data"] == ("skipped", []) and why["finetune"] == ("skipped", [])
+    assert why["evaluate"][0] == "ran" and "parameter gate_tolerance: 0.02 -> 0.5" in why["evaluate"][1], why
+    assert why["package"][0] == "ran" and "upstream evaluate changed" in why["package"][1], why
+    assert why["index"][0] == "skipped" and changed.ran() == ["evaluate", "package", "monitor"]
+
+
+def test_a_failed_build_is_archived_and_leaves_the_last_good_products(history):
+    failed = history["runs"][1]
+    assert history["failed"].returncode != 0 and "does not exist" in history["failed"].stdout + history["failed"].stderr
+    assert [t.status for t in failed.tasks] == ["failed"] + ["not run"] * 7
+    assert "parameter corpus_dir" in failed.tasks[0].why[0] and "does not exist" in failed.error
+    archived = history["runs_dir"] / failed.run_id / "data.ipynb"
+    assert "does not exist" in archived.read_text(), "the failing notebook shows the error cell"
+    assert history["after_failure"] == history["good"], "products (and the data report) are the last good run's"
+    # after the fix, Ploomber finds the products up to date: nothing was half-replaced, so nothing needs redoing
+    assert history["runs"][0].ran() == [] and "True" not in history["fixed"].split("Percentage")[-1]
+
+
+def test_no_secret_reaches_any_archived_or_report_file(history):
+    files = [p for p in history["art"].rglob("*") if p.is_file() and p.suffix in (".ipynb", ".html", ".json", ".jsonl")]
+    assert len(files) > 40
+    for p in files:
+        text = p.read_text(errors="replace")
+        for name, value in PLANTED_SECRETS.items():
+            assert value not in text, f"{name}'s value is in {p}"
+    assert all(r.redactions == 0 for r in history["runs"]), "nothing printed a secret in the first place"
+
+
+def test_index_page_mlflow_and_registry_link_the_runs(history):
+    runs, runs_dir = history["runs"], history["runs_dir"]
+    page = (runs_dir / "index.html").read_text()
+    positions = [page.index(r.run_id) for r in runs]
+    assert positions == sorted(positions), "newest first"
+    for href in re.findall(r'href="([^"#]+)"', page):
+        assert (runs_dir / href).exists(), href
+    assert "promoted version 1" in page and "What was served when" in page
+    client = mlflow.MlflowClient(tracking_uri_for(history["art"]))
+    first = runs[-1]
+    files = [f.path for f in client.list_artifacts(first.archive_mlflow_run, "archive")]
+    assert "archive/lineage.json" in files and "archive/evaluate.html" in files, files
+    promoter = next(r for r in runs if r.gate and r.gate.get("promoted"))  # the newest run that promoted
+    tags = client.get_model_version("lab2prod-adapter", promoter.gate["promoted"]["to"]).tags
+    assert tags["lab2prod.pipeline_run"] == promoter.run_id and tags["lab2prod.archive"].endswith(promoter.run_id)
+    packaged = [h for h in read_jsonl(stage_products("package", history["art"])["history"]) if h["event"] == "packaged"]
+    assert [h["run_id"] for h in packaged] == [runs[-1].run_id, runs[-3].run_id]
+
+
+def test_a_mistyped_parameter_is_an_error_naming_it(smoke_run):
+    p = run(["ploomber", "build", "--env--artifacts_dir", str(smoke_run["artifacts"]), "--env--trian_recipe", "facts"],
+            check=False)
+    assert p.returncode != 0 and "--env--trian_recipe" in p.stderr
+
+
+def test_runs_command_lists_the_archive(history):
+    out = run(["lab2prod", "runs", "--artifacts", str(history["art"])]).stdout
+    assert [line.split()[0] for line in out.splitlines()[:5]] == [r.run_id for r in history["runs"]]
+
+
+@pytest.mark.skipif(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                                   text=True).stdout.strip() != "",
+                    reason="uncommitted changes: a checkout of the recorded commit would not be the code that ran")
+def test_reproduce_reports_a_match_for_the_first_run(history):
+    first = history["runs"][-1]
+    p = run(["lab2prod", "reproduce", first.run_id, "--artifacts", str(history["art"])], check=False, timeout=1500)
+    assert p.returncode == 0 and "MATCH" in p.stdout, p.stdout + p.stderr
+    assert "data.chunks" in p.stdout and "index.data_sha256" in p.stdout and "evaluate.retrieval/hit_at_5" in p.stdout
