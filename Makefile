@@ -62,6 +62,7 @@ check: install
 	$(BIN)/nbdev_export
 	git diff --exit-code --stat -- pkg/ || { echo "pkg/ is out of step with nbs/: run nbdev_export and commit"; exit 1; }
 	test -z "$$(git status --porcelain --untracked-files=all -- pkg/)" || { echo "nbdev_export created untracked files in pkg/"; exit 1; }
+	$(BIN)/ruff check pkg nbs tests benchmarks   # the project's own configuration (pyproject.toml)
 
 # re-resolve requirements.in into requirements.lock and environment.yml
 lock:

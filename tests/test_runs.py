@@ -20,27 +20,30 @@ TASKS = ["data", "index", "guard", "finetune", "engine", "evaluate", "package", 
 def history(smoke_run, tmp_path_factory):
     """After the smoke run's two builds: one with another parameter, one that fails, and the build after the fix."""
     art, env = smoke_run["artifacts"], smoke_run["env"]
+    runs_dir = Path(hook_args(art)["runs_dir"])
+    before = {r.run_id for r in load_runs(runs_dir)}
 
     def build(*extra, check=True):
         return run(["ploomber", "build", "--env--profile", "smoke", "--env--artifacts_dir", str(art), *extra], env=env,
                    check=check)
-    build("--env--gate_tolerance", "0.5")
+    build("--env--monitor_window", "30d")  # only the monitor task reads it
     data = stage_products("data", art)
     good = {k: dir_hash(p) for k, p in data.items()}
     missing = tmp_path_factory.mktemp("nocorpus") / "missing"
-    failed = build("--env--gate_tolerance", "0.5", "--env--corpus_dir", str(missing), check=False)
+    failed = build("--env--monitor_window", "30d", "--env--corpus_dir", str(missing), check=False)
     after = {k: dir_hash(p) for k, p in data.items()}
-    fixed = build("--env--gate_tolerance", "0.5")
-    runs_dir = Path(hook_args(art)["runs_dir"])
-    return {"art": art, "runs_dir": runs_dir, "runs": load_runs(runs_dir), "good": good, "after_failure": after,
-            "failed": failed, "fixed": fixed.stdout}
+    fixed = build("--env--monitor_window", "30d")
+    runs = load_runs(runs_dir)
+    return {"art": art, "runs_dir": runs_dir, "runs": runs, "new": [r for r in runs if r.run_id not in before],
+            "good": good, "after_failure": after, "failed": failed, "fixed": fixed.stdout}
 
 
 def test_every_build_is_archived(history):
-    runs = history["runs"]
-    assert [r.status for r in runs] == ["passed", "failed", "passed", "passed", "passed"], [r.run_id for r in runs]
-    first = runs[-1]
-    assert [t.status for t in first.tasks] == ["ran"] * 8 and [t.name for t in first.tasks] == TASKS
+    runs, new = history["runs"], history["new"]
+    assert [r.status for r in new] == ["passed", "failed", "passed"], [r.run_id for r in new]
+    first = runs[-1]  # the smoke run's first build, then its second
+    assert first.status == runs[-2].status == "passed"
+    assert sorted(t.name for t in first.tasks) == sorted(TASKS) and all(t.status == "ran" for t in first.tasks)
     assert len(first.git_commit) == 40 and first.packages["ploomber"] and first.params["profile"] == "smoke"
     assert first.inputs and all(len(h) == 64 for h in first.inputs.values()), first.inputs
     assert {"index", "finetune", "evaluate"} <= set(first.mlflow_runs), first.mlflow_runs
@@ -54,16 +57,18 @@ def test_every_build_is_archived(history):
 
 
 def test_why_each_task_ran(history):
-    changed = history["runs"][-3]  # the build with another gate tolerance
+    changed = history["new"][-1]  # the build with another monitoring window
     why = {t.name: (t.status, t.why) for t in changed.tasks}
-    assert why["data"] == ("skipped", []) and why["finetune"] == ("skipped", [])
-    assert why["evaluate"][0] == "ran" and "parameter gate_tolerance: 0.02 -> 0.5" in why["evaluate"][1], why
-    assert why["package"][0] == "ran" and "upstream evaluate changed" in why["package"][1], why
-    assert why["index"][0] == "skipped" and changed.ran() == ["evaluate", "package", "monitor"]
+    assert why["data"] == ("skipped", []) and why["evaluate"] == ("skipped", [])
+    assert why["monitor"][0] == "ran" and any(w.startswith("parameter monitor_window: ") and w.endswith("-> '30d'")
+                                              for w in why["monitor"][1]), why
+    assert changed.ran() == ["monitor"]
+    first = history["runs"][-1]
+    assert all(t.why and t.why[0].startswith("product missing") for t in first.tasks), first.tasks
 
 
 def test_a_failed_build_is_archived_and_leaves_the_last_good_products(history):
-    failed = history["runs"][1]
+    failed = history["new"][1]
     assert history["failed"].returncode != 0 and "does not exist" in history["failed"].stdout + history["failed"].stderr
     assert [t.status for t in failed.tasks] == ["failed"] + ["not run"] * 7
     assert "parameter corpus_dir" in failed.tasks[0].why[0] and "does not exist" in failed.error
@@ -71,7 +76,7 @@ def test_a_failed_build_is_archived_and_leaves_the_last_good_products(history):
     assert "does not exist" in archived.read_text(), "the failing notebook shows the error cell"
     assert history["after_failure"] == history["good"], "products (and the data report) are the last good run's"
     # after the fix, Ploomber finds the products up to date: nothing was half-replaced, so nothing needs redoing
-    assert history["runs"][0].ran() == [] and "True" not in history["fixed"].split("Percentage")[-1]
+    assert history["new"][0].ran() == [] and "True" not in history["fixed"].split("Percentage")[-1]
 
 
 def test_no_secret_reaches_any_archived_or_report_file(history):
@@ -91,7 +96,7 @@ def test_index_page_mlflow_and_registry_link_the_runs(history):
     assert positions == sorted(positions), "newest first"
     for href in re.findall(r'href="([^"#]+)"', page):
         assert (runs_dir / href).exists(), href
-    assert "promoted version 1" in page and "What was served when" in page
+    assert "promoted version 1" in page and "What was served when" in page and "failed" in page
     client = mlflow.MlflowClient(tracking_uri_for(history["art"]))
     first = runs[-1]
     files = [f.path for f in client.list_artifacts(first.archive_mlflow_run, "archive")]
@@ -100,7 +105,7 @@ def test_index_page_mlflow_and_registry_link_the_runs(history):
     tags = client.get_model_version("lab2prod-adapter", promoter.gate["promoted"]["to"]).tags
     assert tags["lab2prod.pipeline_run"] == promoter.run_id and tags["lab2prod.archive"].endswith(promoter.run_id)
     packaged = [h for h in read_jsonl(stage_products("package", history["art"])["history"]) if h["event"] == "packaged"]
-    assert [h["run_id"] for h in packaged] == [runs[-1].run_id, runs[-3].run_id]
+    assert [h["run_id"] for h in packaged] == [runs[-1].run_id], "packaged once, by the first build"
 
 
 def test_a_mistyped_parameter_is_an_error_naming_it(smoke_run):
@@ -111,7 +116,8 @@ def test_a_mistyped_parameter_is_an_error_naming_it(smoke_run):
 
 def test_runs_command_lists_the_archive(history):
     out = run(["lab2prod", "runs", "--artifacts", str(history["art"])]).stdout
-    assert [line.split()[0] for line in out.splitlines()[:5]] == [r.run_id for r in history["runs"]]
+    listed = [line.split()[0] for line in out.splitlines()[:-1]]
+    assert listed == [r.run_id for r in history["runs"]] and "index: " in out.splitlines()[-1]
 
 
 @pytest.mark.skipif(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,

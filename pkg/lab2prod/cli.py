@@ -13,10 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from .core import build_lineage, disable_telemetry, tracking_uri_for, write_lineage
+from .core import build_lineage, disable_telemetry, resolve_path, tracking_uri_for, write_lineage
 
 # %% auto #0
-__all__ = ['rebuild_engine', 'rollback', 'rollback_message', 'train', 'list_runs', 'reproduce_run', 'main']
+__all__ = ['rebuild_engine', 'rollback', 'rollback_message', 'train', 'list_runs', 'reproduce_run', 'review', 'retrain',
+           'schedule', 'main']
 
 # %% ../../nbs/07_cli.ipynb #2c2bf69a
 def rebuild_engine(artifacts_dir: str | os.PathLike, adapter_uri: str, version: str) -> Path:
@@ -115,6 +116,93 @@ def reproduce_run(a: argparse.Namespace) -> int:
     return 0 if result["verdict"] == "match" else 1
 
 
+def _project_env(artifacts: str) -> dict:
+    "env.yaml's values for this artifacts folder."
+    from lab2prod.core import pipeline_env
+    return pipeline_env(artifacts_dir=artifacts)
+
+
+def review(a: argparse.Namespace) -> int:
+    "`lab2prod review`: list the pending candidates, or accept / reject one into the feedback file."
+    from lab2prod.core import read_jsonl, stage_products
+    from lab2prod.monitor import Candidate, decide, pending, read_decisions
+    env = _project_env(a.artifacts)
+    candidates_path = stage_products("monitor", a.artifacts)["candidates"]
+    feedback = resolve_path(env["feedback_path"])
+    if a.action == "list":
+        cands = [Candidate.model_validate(r) for r in read_jsonl(candidates_path)] if Path(candidates_path).exists() else []
+        todo = pending(cands, read_decisions(feedback))
+        print(f"{len(todo)} candidate(s) to review ({candidates_path}); decisions go to {feedback}")
+        for c in todo:
+            print(f"{c.id}  [{c.kind}]  {c.question}\n    model: {c.model_answer[:100]}\n    source: {c.suggested_source}"
+                  + (f"\n    comment: {c.comment}" if c.comment else ""))
+        return 0
+    if not a.id:
+        print(f"lab2prod review {a.action}: give the candidate's id", file=sys.stderr)
+        return 2
+    try:
+        d = decide(candidates_path, feedback, a.id, a.action == "accept", a.answer, a.source, a.use, a.reason,
+                   corpus_dir=resolve_path(env["corpus_dir"]))
+    except (KeyError, ValueError) as e:
+        print(f"lab2prod review: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 1
+    print(f"{d.id}: {d.decision}" + (f" as a {d.use} row (source {d.source}); the next pipeline run reads it"
+                                      if d.decision == "accepted" else ""))
+    return 0
+
+
+def retrain(a: argparse.Namespace) -> int:
+    "`lab2prod retrain`: when monitor.json says `retrain: true` (or with --force), re-run the whole pipeline."
+    import json
+    import subprocess
+
+    from lab2prod.core import pipeline_root, stage_products
+    path = Path(stage_products("monitor", a.artifacts)["report"])
+    if not path.exists():
+        print(f"lab2prod retrain: no {path}: run the monitor task first (lab2prod schedule monitor)", file=sys.stderr)
+        return 1
+    verdict = json.loads(path.read_text())
+    if not verdict.get("retrain") and not a.force:
+        print("no retraining needed: monitor.json's verdict is retrain: false")
+        return 0
+    print("retraining:", "; ".join(verdict.get("reasons") or ["--force"]))
+    # the inputs changed, not the notebooks or their parameters: Ploomber would find every task up to date
+    cmd = [str(Path(sys.executable).parent / "ploomber"), "build", "--force", "--env--artifacts_dir", str(resolve_path(a.artifacts))]
+    if a.dry_run:
+        print(" ".join(cmd))
+        return 0
+    return subprocess.call(cmd, cwd=pipeline_root())
+
+
+def schedule(a: argparse.Namespace) -> int:
+    """`lab2prod schedule monitor|pipeline`: one run for a scheduler, archived like any build.
+
+    The monitor run gets the time of the run as `monitor_end`, so Ploomber runs it again each time; a failure exits
+    non-zero and names the task and the cell that failed."""
+    import subprocess
+    from datetime import datetime, timezone
+
+    from lab2prod.core import pipeline_root
+    from lab2prod.runs import hook_args, load_runs
+    env = [f"--env--{kv.split('=', 1)[0]}={kv.split('=', 1)[1]}" for kv in a.env if "=" in kv]
+    bad = [kv for kv in a.env if "=" not in kv]
+    if bad:
+        print(f"lab2prod schedule: --env takes KEY=VALUE, got {bad}", file=sys.stderr)
+        return 2
+    cmd = [str(Path(sys.executable).parent / "ploomber"), "build", "--env--artifacts_dir", str(resolve_path(a.artifacts))]
+    if a.what == "monitor":
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        cmd += ["--partially", "monitor", "--skip-upstream", f"--env--monitor_end={now}"]
+    p = subprocess.run(cmd + env, cwd=pipeline_root(), capture_output=True, text=True)
+    print(p.stdout[-2000:], end="")
+    if p.returncode:
+        runs = load_runs(hook_args(a.artifacts)["runs_dir"])
+        failed = runs[0] if runs and runs[0].status == "failed" else None
+        where = failed.error.splitlines()[0] if failed and failed.error else p.stderr.strip().splitlines()[-1:]
+        print(f"lab2prod schedule {a.what}: failed: {where}", file=sys.stderr)
+    return p.returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     "The `lab2prod` command line."
     ap = argparse.ArgumentParser(prog="lab2prod", description="Operate a lab2prod project: registry, runs, training.")
@@ -130,6 +218,22 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--artifacts", default="artifacts", help="the artifacts folder whose runs/ holds the run")
     rp.add_argument("--tolerance", type=float, default=0.05, help="training losses (relative) and metrics (absolute)")
     rp.add_argument("--keep", action="store_true", help="keep the checkout and its artifacts after a match")
+    rv = sub.add_parser("review", help="decide on the monitor's candidate golden/training rows")
+    rv.add_argument("action", nargs="?", default="list", choices=["list", "accept", "reject"])
+    rv.add_argument("id", nargs="?", help="the candidate's id (accept, reject)")
+    rv.add_argument("--answer", default="", help="the right answer (accept)")
+    rv.add_argument("--source", default="", help="the document that holds it (default: the one retrieved first)")
+    rv.add_argument("--use", default="golden", choices=["golden", "train"], help="add it to the golden or the training set")
+    rv.add_argument("--reason", default="", help="why (reject)")
+    rv.add_argument("--artifacts", default="artifacts", help="the artifacts folder whose monitor task wrote the candidates")
+    rt = sub.add_parser("retrain", help="act on monitor.json's verdict: re-run the pipeline with the accepted data")
+    rt.add_argument("--artifacts", default="artifacts")
+    rt.add_argument("--force", action="store_true", help="re-run even when the verdict says no")
+    rt.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    sc = sub.add_parser("schedule", help="one scheduled run (cron, systemd timer, CI): the monitor task or the pipeline")
+    sc.add_argument("what", choices=["monitor", "pipeline"])
+    sc.add_argument("--artifacts", default="artifacts")
+    sc.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="an env.yaml value for this run")
     tr = sub.add_parser("train", help="train a LoRA adapter (run it under `accelerate launch` for several processes)")
     tr.add_argument("--train", required=True, help="training rows (JSON lines: question, context, answer)")
     tr.add_argument("--out", required=True, help="folder the adapter is saved to (replaced whole when training ends)")
@@ -154,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         return list_runs(a.artifacts)
     if a.command == "reproduce":
         return reproduce_run(a)
+    if a.command == "review":
+        return review(a)
+    if a.command == "retrain":
+        return retrain(a)
+    if a.command == "schedule":
+        return schedule(a)
     try:
         moved = rollback(a.artifacts, a.tracking_uri, engine=not a.no_engine)
     except (ValueError, FileNotFoundError) as e:

@@ -40,7 +40,7 @@ __all__ = ['log', 'REDTEAM_CATEGORIES', 'FORMATS', 'MIN_CHARS', 'NOT_PROSE', 'TR
            'text_sha256', 'minhash', 'find_duplicates', 'split_sections', 'split_blocks', 'TokenCounter',
            'split_long_block', 'overlap_tail', 'pack_blocks', 'chunk_id', 'embed_text', 'chunk_document',
            'ingest_corpus', 'ensure_usable', 'table_facts', 'sentence_facts', 'question_key', 'topic_examples',
-           'build_train_examples', 'fact_examples', 'load_golden', 'write_parquet', 'dataset_stats',
+           'build_train_examples', 'fact_examples', 'load_golden', 'load_feedback', 'write_parquet', 'dataset_stats',
            'write_data_products', 'run_data_stage', 'duplicate_clusters', 'chunk_browser']
 
 # %% ../../nbs/01_data.ipynb #cf34ff41
@@ -603,6 +603,27 @@ def load_golden(path: Path, sources: set[str]) -> tuple[list[QAPair], int]:
         log.info("%d golden pairs point at documents not in this run: %s", len(pairs) - len(kept), sorted(unknown)[:5])
     return kept, len(pairs) - len(kept)
 
+# %% ../../nbs/01_data.ipynb #11e8e310
+def load_feedback(path: Path, sources: set[str], chunks: list[Chunk]) -> tuple[list[QAPair], list[TrainExample], int]:
+    "The accepted feedback rows as golden pairs and training examples, and how many rows were read."
+    if not path.exists():
+        return [], [], 0
+    rows = [r for r in read_jsonl(path) if r.get("decision") == "accepted"]
+    golden, train = [], []
+    for r in rows:
+        if r.get("source") not in sources:
+            raise ValueError(f"{path}: accepted row {r.get('id')} names source {r.get('source')!r}, which is not a kept "
+                             "document of this corpus; correct it with `lab2prod review` or in the file")
+        if r.get("use", "golden") == "golden":
+            golden.append(QAPair(id=r["id"], question=r["question"], answer=r["answer"], source=r["source"]))
+            continue
+        words = set(re.findall(r"\w+", r["answer"].lower()))
+        own = [c for c in chunks if c.source == r["source"]]
+        best = max(own, key=lambda c: len(words & set(re.findall(r"\w+", c.text.lower()))))
+        train.append(TrainExample(id=r["id"], context=best.text, question=r["question"], answer=r["answer"],
+                                  source=r["source"], kind="feedback"))
+    return golden, train, len(rows)
+
 # %% ../../nbs/01_data.ipynb #566e51c1
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     "Write a DataFrame as Parquet atomically."
@@ -624,7 +645,7 @@ def dataset_stats(docs: list[Document], chunks: list[Chunk], rejected: list[Reje
 # %% ../../nbs/01_data.ipynb #24f32a41
 def write_data_products(product: dict, docs: list[Document], chunks: list[Chunk], rejected: list[Rejection],
                         golden: list[QAPair], redteam: list[RedTeamPrompt], train: list[TrainExample], info: dict,
-                        inputs: dict, params: dict) -> dict:
+                        inputs: dict, params: dict, feedback_rows: int = 0) -> dict:
     "Write every product of the data stage atomically; returns the stats."
     stats = dataset_stats(docs, chunks, rejected, info) | {"golden": len(golden), "redteam": len(redteam),
                                                            "train": len(train)}
@@ -634,14 +655,16 @@ def write_data_products(product: dict, docs: list[Document], chunks: list[Chunk]
         atomic_write_jsonl(product[key], [r.model_dump() for r in rows])
     atomic_write_json(product["stats"], stats)
     write_lineage(Path(product["lineage"]).parent, build_lineage("data", inputs, params, files_seen=info["files_seen"],
-                                                                 kept=len(docs), rejected=len(rejected)))
+                                                                 kept=len(docs), rejected=len(rejected),
+                                                                 feedback_rows=feedback_rows))
     return stats
 
 
 def run_data_stage(corpus_dir: str = "data/corpus", golden_path: str = "data/golden.jsonl",
                    redteam_path: str = "data/redteam.jsonl", artifacts_dir: str = "artifacts",
                    embedding_model: str = "bundled", profile: str = "default", near_dup_threshold: float = 0.9,
-                   product: dict | None = None, train_recipe: str = "topics") -> dict:
+                   product: dict | None = None, train_recipe: str = "topics",
+                   feedback_path: str = "data/feedback.jsonl") -> dict:
     "The whole data stage in one call (what the notebook does step by step); returns the stats."
     _, product = stage_io("data", None, product, artifacts_dir)
     prof, corpus = get_profile(profile), resolve_path(corpus_dir)
@@ -650,13 +673,17 @@ def run_data_stage(corpus_dir: str = "data/corpus", golden_path: str = "data/gol
     counter = TokenCounter.for_model(embedding_model)
     chunks = [c for d in docs for c in chunk_document(d, counter, prof.chunk_tokens, prof.chunk_overlap)]
     golden, _ = load_golden(resolve_path(golden_path), {d.source for d in docs})
+    fb_golden, fb_train, feedback_rows = load_feedback(resolve_path(feedback_path), {d.source for d in docs}, chunks)
+    golden += fb_golden
     redteam = validate_records(read_jsonl(resolve_path(redteam_path)), RedTeamPrompt, str(redteam_path))
     params = dict(corpus_dir=str(corpus), profile=profile, embedding_model=embedding_model,
                   near_dup_threshold=near_dup_threshold, chunk_tokens=prof.chunk_tokens, chunk_overlap=prof.chunk_overlap,
                   train_recipe=train_recipe)
-    inputs = {"corpus": corpus, "golden": resolve_path(golden_path), "redteam": resolve_path(redteam_path)}
+    inputs = {"corpus": corpus, "golden": resolve_path(golden_path), "redteam": resolve_path(redteam_path),
+              "feedback": resolve_path(feedback_path)}
     return write_data_products(product, docs, chunks, rejected, golden, redteam,
-                               build_train_examples(chunks, golden, train_recipe), info, inputs, params)
+                               build_train_examples(chunks, golden, train_recipe) + fb_train, info, inputs, params,
+                               feedback_rows)
 
 # %% ../../nbs/01_data.ipynb #f11c25b3
 def duplicate_clusters(rejected: list[Rejection]) -> pd.DataFrame:

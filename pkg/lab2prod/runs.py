@@ -35,10 +35,10 @@ RUN_ENV = "LAB2PROD_RUN_ID"  # the pipeline run a stage belongs to: set by the h
 # %% auto #0
 __all__ = ['log', 'RUN_ENV', 'SECRET_NAME', 'INDEX_FIELDS', 'DATA_PRODUCTS', 'KEY_METRICS', 'TaskRecord', 'RunRecord',
            'new_run_id', 'why_task_runs', 'plan_run', 'declared_parameters', 'check_task_params', 'secret_values',
-           'redact', 'notebook_html', 'archive_task', 'products_hashes', 'input_hashes', 'env_params', 'task_results',
-           'compare_results', 'on_render', 'task_status', 'last_good_report', 'archive_run', 'on_finish', 'on_failure',
-           'stage_mlflow_runs', 'log_archive', 'load_runs', 'mlflow_link', 'index_html', 'write_index', 'hook_args',
-           'find_run', 'env_overrides', 'reproduce', 'reproduce_message']
+           'redact', 'notebook_html', 'archive_task', 'failing_cell', 'products_hashes', 'input_hashes', 'env_params',
+           'task_results', 'compare_results', 'on_render', 'task_status', 'last_good_report', 'archive_run',
+           'on_finish', 'on_failure', 'stage_mlflow_runs', 'log_archive', 'load_runs', 'mlflow_link', 'index_html',
+           'write_index', 'hook_args', 'find_run', 'env_overrides', 'reproduce', 'reproduce_message']
 
 # %% ../../nbs/08_runs.ipynb #b7c24857
 class TaskRecord(BaseModel):
@@ -194,6 +194,19 @@ def archive_task(run_dir: Path, name: str, nb_path: str | None, secrets: dict[st
     return nb_name, html_name, n + m
 
 
+def failing_cell(nb_path: str | os.PathLike) -> str | None:
+    "Where an executed notebook failed: the cell's number and first line, and the error (None if no cell failed)."
+    if not nb_path or not Path(nb_path).exists():
+        return None
+    cells = [c for c in json.loads(Path(nb_path).read_text())["cells"] if c["cell_type"] == "code"]
+    for c in cells:
+        for out in c.get("outputs", []):
+            if out.get("output_type") == "error":
+                first = next((line for line in "".join(c["source"]).splitlines() if line.strip()), "")
+                return f"cell [{c.get('execution_count')}] `{first.strip()[:80]}`: {out.get('ename')}: {out.get('evalue', '')[:300]}"
+    return None
+
+
 def products_hashes(products: dict[str, str]) -> dict[str, str | None]:
     "sha256 of each product (a folder's files together), None where it does not exist; notebooks left out."
     return {k: dir_hash(p) if Path(p).exists() else None for k, p in products.items() if k != "nb"}
@@ -316,7 +329,7 @@ def archive_run(dag, status: str, runs_dir: str | os.PathLike, tracking_uri: str
     _ACTIVE.clear()
     run_dir = runs_dir / state["run_id"]
     run_dir.mkdir(parents=True, exist_ok=True)
-    secrets, elapsed, redactions, tasks = secret_values(), _elapsed(report), 0, []
+    secrets, elapsed, redactions, tasks, failed_at = secret_values(), _elapsed(report), 0, [], None
     for name, task in dag.items():
         plan = state["plan"].get(name, {})
         rec = TaskRecord(name=name, status=task_status(task), why=plan.get("why", []), params=plan.get("params", {}),
@@ -326,6 +339,8 @@ def archive_run(dag, status: str, runs_dir: str | os.PathLike, tracking_uri: str
             rec.report, rec.html, n = archive_task(run_dir, name, products.get("nb"), secrets)
             redactions += n
         if rec.status == "failed":  # the failing notebook is archived; the task's report goes back to the last good one
+            where = failing_cell(run_dir / rec.report) if rec.report else None
+            failed_at = f"task {name} failed in {where}" if where else f"task {name} failed"
             good = last_good_report(runs_dir, name, state["run_id"])
             if good is not None and products.get("nb"):
                 shutil.copy2(good, f"{products['nb']}.restore")
@@ -348,7 +363,8 @@ def archive_run(dag, status: str, runs_dir: str | os.PathLike, tracking_uri: str
                        metrics={k: float(metrics[k]) for k in KEY_METRICS if metrics and metrics.get(k) is not None},
                        gate=None if gate is None else {"passed": gate.get("passed"), "promoted": gate.get("promoted"),
                                                         "failed": [k for k, c in gate.get("checks", {}).items() if not c["passed"]]},
-                       error=redact(error, secrets)[0] if error else None, redactions=redactions)
+                       error=redact("\n".join(x for x in (failed_at, error) if x), secrets)[0] if status == "failed" else None,
+                       redactions=redactions)
     record.mlflow_runs = stage_mlflow_runs(tracking_uri_for(artifacts_dir, tracking_uri), record.run_id)
     atomic_write_json(run_dir / "lineage.json", record.model_dump())
     try:
