@@ -507,8 +507,8 @@ def _lineage_app():
         if scope["method"] not in ("GET", "HEAD"):
             response = JSONResponse({"error": "MethodNotAllowed", "detail": "use GET"}, status_code=405)
         else:
-            response = JSONResponse(served_lineage(served(load_settings()))
-                                    | {"skew": _STATE.get("skew"), "serving": _STATE.get("serving")})
+            manifest = _STATE.get("manifest") or served(load_settings())  # the one the worker read at start-up
+            response = JSONResponse(served_lineage(manifest) | {"skew": _STATE.get("skew"), "serving": _STATE.get("serving")})
         await response(scope, receive, send)
     return app
 
@@ -602,7 +602,7 @@ class Lab2Prod:
         serving = self.chain.engine.describe() | {"gpu": detect_hardware().gpu, "cpu": detect_hardware().cpu,
                                                   "embedding_backend": self.chain.lineage.get("embedding_backend"),
                                                   "prompt": self.chain.prompt.version, "guard": self.chain.lineage.get("guard")}
-        _STATE.update(skew={"index_in_step": self.chain.lineage.get("index_in_step")}, serving=serving)
+        _STATE.update(skew={"index_in_step": self.chain.lineage.get("index_in_step")}, serving=serving, manifest=self.manifest)
         log.warning("lab2prod serving on %s with engine %s (%s, adapter %s); embeddings on %s",
                     serving.get("gpu") or f"CPU {serving['cpu']}", serving["backend"], serving.get("precision"),
                     serving.get("adapter_version"), serving["embedding_backend"])
