@@ -25,13 +25,13 @@ from pydantic import BaseModel, Field
 __all__ = ['TELEMETRY_ENV', 'OFFLINE_ENV', 'JUPYTER_SERVER_CONFIG', 'log', 'PROFILES', 'EMBEDDING_BACKENDS',
            'GENERATION_BACKENDS', 'TRAIN_PRECISIONS', 'BF16_MIN_PARAMS', 'LINEAGE_PACKAGES', 'BUNDLED', 'EXPERIMENT',
            'disable_telemetry', 'install_telemetry_guard', 'install_jupyter_config', 'project_root', 'resolve_path',
-           'Profile', 'get_profile', 'Hardware', 'cpu_info', 'detect_hardware', 'choose_embedding_backend',
-           'choose_generation_backend', 'choose_train_precision', 'choose_generation_precision', 'atomic_write_bytes',
-           'atomic_write_text', 'atomic_write_json', 'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'file_hash',
-           'dir_hash', 'params_hash', 'git_state', 'package_versions', 'build_lineage', 'write_lineage',
-           'pipeline_root', 'pipeline_env', 'pipeline_products', 'stage_products', 'stage_io', 'ModelSpec',
-           'bundled_dir', 'resolve_model', 'load_model', 'tracking_uri_for', 'start_mlflow_run',
-           'install_model_package', 'lock_pins', 'write_environment_yml']
+           'progress_mode', 'Progress', 'progress', 'Profile', 'get_profile', 'Hardware', 'cpu_info', 'detect_hardware',
+           'choose_embedding_backend', 'choose_generation_backend', 'choose_train_precision',
+           'choose_generation_precision', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
+           'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'file_hash', 'dir_hash', 'params_hash', 'git_state',
+           'package_versions', 'build_lineage', 'write_lineage', 'pipeline_root', 'pipeline_env', 'pipeline_products',
+           'stage_products', 'stage_io', 'ModelSpec', 'bundled_dir', 'resolve_model', 'load_model', 'tracking_uri_for',
+           'start_mlflow_run', 'install_model_package', 'lock_pins', 'write_environment_yml']
 
 # %% ../../nbs/00_core.ipynb #1c60ef71
 TELEMETRY_ENV = {
@@ -99,6 +99,75 @@ def resolve_path(path: str | os.PathLike, root: Path | None = None) -> Path:
     "An absolute path: `path` itself if absolute, else relative to the project root."
     p = Path(os.path.expanduser(str(path)))
     return p if p.is_absolute() else (root or project_root()) / p
+
+# %% ../../nbs/00_core.ipynb #920d002d
+def progress_mode() -> str:
+    "`bars` in an interactive notebook, `lines` in a pipeline run, papermill, CI or a terminal; `LAB2PROD_PROGRESS` overrides."
+    mode = os.environ.get("LAB2PROD_PROGRESS", "auto")
+    if mode in ("bars", "lines", "off"):
+        return mode
+    if os.environ.get("LAB2PROD_RUN_ID") or os.environ.get("CI"):  # a pipeline build (its hooks set the run id), CI
+        return "lines"
+    try:
+        from IPython import get_ipython
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    return "bars" if type(shell).__name__ == "ZMQInteractiveShell" else "lines"
+
+
+class Progress:
+    "Progress of `total` steps: a notebook bar, or a plain line at most every `every_s` seconds and at the end."
+
+    def __init__(self, total: int, desc: str, every_s: float = 10.0, mode: str | None = None):
+        import time
+        self.total, self.desc, self.every_s, self.done = total, desc, every_s, 0
+        self.mode = mode or progress_mode()
+        self.start = self.last = time.perf_counter()
+        self.bar = None
+        if self.mode == "bars":
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=desc, disable=False)
+
+    def update(self, n: int = 1, **info) -> None:
+        import time
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            if info:
+                self.bar.set_postfix(info, refresh=False)
+            return
+        now = time.perf_counter()
+        if self.mode == "lines" and (now - self.last >= self.every_s or self.done >= self.total):
+            self.last = now
+            print(self.line(now - self.start, info), flush=True)
+
+    def line(self, elapsed: float, info: dict | None = None) -> str:
+        "One progress line: done of total, rate, time left, and any figures passed (a loss)."
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        extra = "".join(f", {k} {v:.4g}" if isinstance(v, float) else f", {k} {v}" for k, v in (info or {}).items())
+        return (f"{self.desc}: {self.done}/{self.total} ({100 * self.done / max(self.total, 1):.0f}%) in {elapsed:.0f}s, "
+                f"{rate:.3g}/s, about {left:.0f}s left{extra}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def progress(iterable, desc: str, total: int | None = None, every_s: float = 10.0):
+    "Iterate `iterable`, reporting progress as `Progress` does."
+    items = iterable if total is not None else list(iterable)
+    with Progress(total if total is not None else len(items), desc, every_s) as p:
+        for item in items:
+            yield item
+            p.update()
 
 # %% ../../nbs/00_core.ipynb #f7eb9404
 class Profile(BaseModel):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-from .core import atomic_write_json, atomic_write_text, choose_train_precision, file_hash
+from .core import Progress, atomic_write_json, atomic_write_text, choose_train_precision, file_hash
 from .rag import build_messages
 
 log = logging.getLogger(__name__)
@@ -361,6 +361,7 @@ def train_lora(model, tokenizer, rows: list[dict], config: TrainConfig, checkpoi
     model, opt = acc.prepare(model, opt)
     model.train()
     t0, tokens = time.perf_counter(), 0
+    bar = Progress(config.steps - start, "training steps", mode=None if acc.is_main_process else "off")
     for step in range(start, config.steps):
         mine = step_indices(lengths, config.batch, step, config.seed)[acc.process_index::world]
         step_loss = torch.zeros((), device=acc.device)
@@ -378,6 +379,7 @@ def train_lora(model, tokenizer, rows: list[dict], config: TrainConfig, checkpoi
             raise NonFiniteLoss(f"the training loss became {value} at step {step + 1}: lower the learning rate "
                                 f"(lr={config.lr}) or use fp32; nothing of this run was saved")
         losses.append(value)
+        bar.update(loss=value)
         if on_step and acc.is_main_process:
             on_step(step, value)
         if folder and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
@@ -385,6 +387,7 @@ def train_lora(model, tokenizer, rows: list[dict], config: TrainConfig, checkpoi
                 save_checkpoint(folder, step + 1, acc.unwrap_model(model), opt.optimizer, losses, fingerprint,
                                 config.keep_checkpoints)
             acc.wait_for_everyone()
+    bar.close()
     seconds = time.perf_counter() - t0
     model.eval()
     inner = acc.unwrap_model(model)

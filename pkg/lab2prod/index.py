@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from lab2prod.core import (
+    Progress,
     atomic_write_json,
     choose_embedding_backend,
     detect_hardware,
@@ -279,12 +280,14 @@ def sync_collection(collection, df: pd.DataFrame, embedder, batch: int = 256) ->
     for i in range(0, len(stale), 5000):
         collection.delete(ids=stale[i:i + 5000])
     t0 = time.perf_counter()
-    for i in range(0, len(new), batch):
-        part = new.iloc[i:i + batch]
-        collection.add(ids=part.chunk_id.tolist(), embeddings=embed_texts(embedder, chunk_embed_texts(part)),
-                       documents=part.text.tolist(),
-                       metadatas=[{"source": s, "heading": h, "chunk_id": c}
-                                  for s, h, c in zip(part.source, part.heading, part.chunk_id)])
+    with Progress(len(new), "embedding chunks") as bar:
+        for i in range(0, len(new), batch):
+            part = new.iloc[i:i + batch]
+            collection.add(ids=part.chunk_id.tolist(), embeddings=embed_texts(embedder, chunk_embed_texts(part)),
+                           documents=part.text.tolist(),
+                           metadatas=[{"source": s, "heading": h, "chunk_id": c}
+                                      for s, h, c in zip(part.source, part.heading, part.chunk_id)])
+            bar.update(len(part))
     return {"embedded": len(new), "deleted": len(stale), "kept": len(wanted) - len(new),
             "embed_seconds": round(time.perf_counter() - t0, 2)}
 
