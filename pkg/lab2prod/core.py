@@ -25,8 +25,8 @@ from pydantic import BaseModel, Field
 __all__ = ['TELEMETRY_ENV', 'OFFLINE_ENV', 'JUPYTER_SERVER_CONFIG', 'log', 'PROFILES', 'EMBEDDING_BACKENDS',
            'GENERATION_BACKENDS', 'TRAIN_PRECISIONS', 'BF16_MIN_PARAMS', 'LINEAGE_PACKAGES', 'BUNDLED', 'EXPERIMENT',
            'disable_telemetry', 'install_telemetry_guard', 'install_jupyter_config', 'project_root', 'resolve_path',
-           'progress_mode', 'Progress', 'progress', 'Profile', 'get_profile', 'Hardware', 'cpu_info', 'detect_hardware',
-           'choose_embedding_backend', 'choose_generation_backend', 'choose_train_precision',
+           'progress_mode', 'Progress', 'progress', 'show_widget', 'Profile', 'get_profile', 'Hardware', 'cpu_info',
+           'detect_hardware', 'choose_embedding_backend', 'choose_generation_backend', 'choose_train_precision',
            'choose_generation_precision', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
            'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'file_hash', 'dir_hash', 'params_hash', 'git_state',
            'package_versions', 'build_lineage', 'write_lineage', 'pipeline_root', 'pipeline_env', 'pipeline_products',
@@ -168,6 +168,13 @@ def progress(iterable, desc: str, total: int | None = None, every_s: float = 10.
         for item in items:
             yield item
             p.update()
+
+
+def show_widget(widget, static_html: str) -> None:
+    """Display an ipywidgets widget where someone can use it (an interactive notebook), else `static_html`: an executed
+    report keeps no widget state, and would show "Widget Javascript not detected" where the reader expects content."""
+    from IPython.display import HTML, display
+    display(widget if progress_mode() == "bars" else HTML(static_html))
 
 # %% ../../nbs/00_core.ipynb #f7eb9404
 class Profile(BaseModel):

@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:  # the playground's types; the module imports the chain only when a playground is built
+    import pandas as pd
+
+    from lab2prod.rag import Prompt, RagChain
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +29,8 @@ __all__ = ['log', 'STOPWORDS', 'GATES', 'MAIN_METRICS', 'CHAMPION', 'PREVIOUS', 
            'latency_summary', 'answer_divergence', 'JudgeScore', 'fill_rubric', 'open_judge', 'judge_answer',
            'judge_agreement', 'guard_layer', 'guard_decisions', 'block_rates', 'GateFailed', 'apply_gate',
            'gate_message', 'registry_state', 'champion_metrics', 'promote', 'rollback_champion', 'answer_means',
-           'register_prompt_version', 'golden_scorers']
+           'register_prompt_version', 'golden_scorers', 'prompt_from_text', 'with_prompt', 'compare_prompts',
+           'comparison_html', 'save_prompt', 'prompt_playground']
 
 # %% ../../nbs/04_evaluate.ipynb #27558b27
 def hit_at_k(retrieved: list[str], source: str, k: int) -> bool:
@@ -378,3 +386,87 @@ def golden_scorers(embed):
         return hit_at_k(outputs["retrieved"], expectations["source"], 5)
 
     return [token_f1_score, rouge_l_score, semantic_similarity_score, groundedness_score, hit_at_5_score]
+
+# %% ../../nbs/04_evaluate.ipynb #a19e9ce8
+def prompt_from_text(text: str, name: str = "rag_system") -> Prompt:
+    "A prompt from edited text, versioned as a prompt file with that content would be."
+    import hashlib
+
+    from lab2prod.rag import Prompt
+    text = text.strip()
+    if not text:
+        raise ValueError("the prompt is empty: write the system prompt the model should follow")
+    return Prompt(name=name, text=text, version=hashlib.sha256(text.encode()).hexdigest()[:12], path="(edited)")
+
+
+def with_prompt(chain: RagChain, prompt: Prompt) -> RagChain:
+    "The same chain (index, engine, guardrails) answering with another system prompt."
+    import copy
+    other = copy.copy(chain)
+    other.prompt = prompt
+    return other
+
+
+def compare_prompts(chain: RagChain, rows: list[dict], a: Prompt, b: Prompt, max_new_tokens: int = 64) -> pd.DataFrame:
+    "Answers of the chain with prompts `a` and `b` to golden `rows`, with token F1 and ROUGE-L against the reference."
+    import pandas as pd
+    questions = [r["question"] for r in rows]
+    out = pd.DataFrame({"question": questions, "reference": [r["answer"] for r in rows]})
+    for tag, prompt in (("a", a), ("b", b)):
+        answers = with_prompt(chain, prompt).ask_many(questions, k=4, max_new_tokens=max_new_tokens)
+        out[f"answer_{tag}"] = [x["answer"] for x in answers]
+        out[f"token_f1_{tag}"] = [token_f1(x["answer"], r["answer"]) for x, r in zip(answers, rows)]
+        out[f"rouge_l_{tag}"] = [rouge_l(x["answer"], r["answer"]) for x, r in zip(answers, rows)]
+    return out
+
+
+def comparison_html(df: pd.DataFrame, a: Prompt, b: Prompt) -> str:
+    "Two prompt versions side by side: their mean metrics, then each question's answers."
+    import html
+    e = html.escape
+    means = "".join(f"<tr><td>{m}</td><td>{df[f'{m}_a'].mean():.3f}</td><td>{df[f'{m}_b'].mean():.3f}</td></tr>"
+                    for m in ("token_f1", "rouge_l"))
+    rows = "".join(f"<tr><td>{e(r.question)}</td><td>{e(r.answer_a)}<br><i>F1 {r.token_f1_a:.2f}</i></td>"
+                   f"<td>{e(r.answer_b)}<br><i>F1 {r.token_f1_b:.2f}</i></td><td>{e(r.reference)}</td></tr>"
+                   for r in df.itertuples())
+    return (f"<table><tr><th>mean over {len(df)}</th><th>A {a.version}</th><th>B {b.version}</th></tr>{means}</table>"
+            f"<table><tr><th>question</th><th>A</th><th>B</th><th>reference</th></tr>{rows}</table>")
+
+
+def save_prompt(text: str, name: str = "rag_system", folder: str | os.PathLike | None = None) -> Prompt:
+    "Write an edited prompt as the prompt file (atomically); its content hash is the new version."
+    from lab2prod.core import atomic_write_text
+    from lab2prod.rag import load_prompt, prompts_dir
+    prompt = prompt_from_text(text, name)
+    atomic_write_text(Path(folder or prompts_dir()) / f"{name}.md", prompt.text + "\n")
+    return load_prompt(name, folder)
+
+
+def prompt_playground(chain: RagChain, golden: list[dict], max_new_tokens: int = 64, folder: str | os.PathLike | None = None):
+    "Edit the system prompt, compare it with the current one on chosen golden questions, save it as a new version."
+    import ipywidgets as w
+    from IPython.display import HTML, display
+    text = w.Textarea(value=chain.prompt.text, layout=w.Layout(width="100%", height="140px"))
+    pick = w.SelectMultiple(options=[(g["question"][:90], i) for i, g in enumerate(golden)], value=tuple(range(min(3, len(golden)))),
+                            rows=6, layout=w.Layout(width="100%"), description="questions")
+    run, save, out = w.Button(description="Compare with current"), w.Button(description="Save as a new version"), w.Output()
+    box = w.VBox([w.HTML(f"<b>system prompt</b> (current version {chain.prompt.version})"), text, pick,
+                  w.HBox([run, save]), out])
+    box.last = None
+
+    def on_run(_=None):
+        out.clear_output()
+        with out:
+            a, b = chain.prompt, prompt_from_text(text.value)
+            box.last = compare_prompts(chain, [golden[i] for i in pick.value], a, b, max_new_tokens)
+            display(HTML(comparison_html(box.last, a, b)))
+
+    def on_save(_=None):
+        out.clear_output()
+        with out:
+            saved = save_prompt(text.value, chain.prompt.name, folder)
+            print(f"saved {saved.path}: version {saved.version} (the current one was {chain.prompt.version})")
+    run.on_click(on_run)
+    save.on_click(on_save)
+    box.run, box.save, box.text, box.pick = on_run, on_save, text, pick
+    return box

@@ -38,7 +38,8 @@ __all__ = ['log', 'RUN_ENV', 'SECRET_NAME', 'INDEX_FIELDS', 'DATA_PRODUCTS', 'KE
            'redact', 'notebook_html', 'archive_task', 'failing_cell', 'products_hashes', 'input_hashes', 'env_params',
            'task_results', 'compare_results', 'on_render', 'task_status', 'last_good_report', 'archive_run',
            'on_finish', 'on_failure', 'stage_mlflow_runs', 'log_archive', 'load_runs', 'mlflow_link', 'index_html',
-           'write_index', 'hook_args', 'find_run', 'env_overrides', 'reproduce', 'reproduce_message']
+           'write_index', 'mlflow_record', 'compare_runs', 'comparison_table_html', 'plot_comparison', 'run_comparison',
+           'hook_args', 'find_run', 'env_overrides', 'reproduce', 'reproduce_message']
 
 # %% ../../nbs/08_runs.ipynb #b7c24857
 class TaskRecord(BaseModel):
@@ -475,6 +476,91 @@ def write_index(runs_dir: str | os.PathLike, history_path: str | None = None, tr
     "Write `index.html` of the runs folder."
     history = read_jsonl(history_path) if history_path and Path(history_path).exists() else []
     return atomic_write_text(Path(runs_dir) / "index.html", index_html(load_runs(runs_dir), history, tracking_uri))
+
+# %% ../../nbs/08_runs.ipynb #03f0419e
+def mlflow_record(run_id: str, tracking_uri: str) -> RunRecord:
+    "An MLflow run as a run record: its parameters and metrics (for comparing a stage's runs)."
+    from mlflow import MlflowClient
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    started = datetime.fromtimestamp(run.info.start_time / 1000, timezone.utc).isoformat(timespec="seconds")
+    return RunRecord(run_id=run_id, status=run.info.status.lower(), started=started, artifacts_dir="",
+                     params=dict(run.data.params), metrics=dict(run.data.metrics),
+                     git_commit=run.data.tags.get("git_commit"))
+
+
+def compare_runs(a: RunRecord, b: RunRecord) -> list[dict]:
+    "The parameters that differ, then every metric, of two runs side by side."
+    rows = [{"kind": "parameter", "name": k, "a": a.params.get(k), "b": b.params.get(k)}
+            for k in sorted(set(a.params) | set(b.params)) if a.params.get(k) != b.params.get(k)]
+    for k in sorted(set(a.metrics) | set(b.metrics)):
+        va, vb = a.metrics.get(k), b.metrics.get(k)
+        rows.append({"kind": "metric", "name": k, "a": va, "b": vb,
+                     "change": None if va is None or vb is None else vb - va})
+    rows.append({"kind": "tasks", "name": "ran", "a": ", ".join(a.ran()), "b": ", ".join(b.ran())})
+    return rows
+
+
+def comparison_table_html(a: RunRecord, b: RunRecord) -> str:
+    "The comparison as an HTML table (what a report shows)."
+    e = html.escape
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else e(str(v if v is not None else ""))
+    body = "".join(f"<tr><td>{e(r['kind'])}</td><td>{e(r['name'])}</td><td>{fmt(r['a'])}</td><td>{fmt(r['b'])}</td>"
+                   f"<td>{fmt(r.get('change'))}</td></tr>" for r in compare_runs(a, b))
+    return (f"<table><tr><th></th><th></th><th>A {e(a.run_id[:24])}</th><th>B {e(b.run_id[:24])}</th><th>B - A</th></tr>"
+            f"{body}</table>")
+
+
+def plot_comparison(a: RunRecord, b: RunRecord):
+    "Bar chart of the metrics both runs have."
+    import matplotlib.pyplot as plt
+    import numpy as np
+    shared = sorted(set(a.metrics) & set(b.metrics))
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(shared) + 1.2))
+    y = np.arange(len(shared))
+    ax.barh(y - 0.2, [a.metrics[k] for k in shared], 0.4, label=f"A {a.run_id[:20]}")
+    ax.barh(y + 0.2, [b.metrics[k] for k in shared], 0.4, label=f"B {b.run_id[:20]}")
+    ax.set_yticks(y, shared)
+    ax.legend(loc="lower right")
+    ax.set_title("metrics of two runs")
+    plt.tight_layout()
+    return fig
+
+
+def run_comparison(runs_dir: str | os.PathLike, tracking_uri: str = ""):
+    "Pick two archived runs (or MLflow run ids) and compare their parameters and metrics, with a plot."
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+    from IPython.display import HTML, display
+    ids = [r.run_id for r in load_runs(runs_dir)]
+    pick_a = w.Combobox(options=ids, value=ids[1] if len(ids) > 1 else "", description="A", placeholder="run id or MLflow run id")
+    pick_b = w.Combobox(options=ids, value=ids[0] if ids else "", description="B", placeholder="run id or MLflow run id")
+    out = w.Output()
+    box = w.VBox([w.HBox([pick_a, pick_b]), out])
+
+    def record(ref: str) -> RunRecord:
+        return find_run(runs_dir, ref) if ref in ids else mlflow_record(ref, tracking_uri)
+
+    def show(_=None):
+        out.clear_output()
+        if not (pick_a.value and pick_b.value):
+            return
+        with out:
+            try:
+                a, b = record(pick_a.value), record(pick_b.value)
+            except Exception as e:  # a mistyped id: say so in the widget
+                print(f"cannot compare: {e}")
+                return
+            display(HTML(comparison_table_html(a, b)))
+            if set(a.metrics) & set(b.metrics):
+                fig = plot_comparison(a, b)
+                display(fig)
+                plt.close(fig)
+    pick_a.observe(show, "value")
+    pick_b.observe(show, "value")
+    box.pick_a, box.pick_b, box.out = pick_a, pick_b, out
+    show()
+    return box
 
 # %% ../../nbs/08_runs.ipynb #a713f652
 def hook_args(artifacts_dir: str | os.PathLike | None = None, root: Path | None = None) -> dict[str, str]:
