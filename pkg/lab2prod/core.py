@@ -189,11 +189,12 @@ class Profile(BaseModel):
     lora_r: int = Field(8, description="LoRA rank")
     eval_questions: int | None = Field(None, description="golden questions evaluated (None: all)")
     eval_max_new_tokens: int = Field(64, description="answer length during evaluation")
+    eval_redteam: int | None = Field(None, description="red-team prompts evaluated (None: all; else a sample of each category)")
 
 
 PROFILES = {
     "smoke": Profile(name="smoke", max_docs=8, train_steps=2, train_batch=2, train_seq_len=128, lora_r=4,
-                     eval_questions=4, eval_max_new_tokens=16),
+                     eval_questions=4, eval_max_new_tokens=16, eval_redteam=160),
     "default": Profile(name="default"),
 }
 

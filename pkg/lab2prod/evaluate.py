@@ -29,8 +29,8 @@ __all__ = ['log', 'STOPWORDS', 'GATES', 'MAIN_METRICS', 'CHAMPION', 'PREVIOUS', 
            'latency_summary', 'answer_divergence', 'JudgeScore', 'fill_rubric', 'open_judge', 'judge_answer',
            'judge_agreement', 'guard_layer', 'guard_decisions', 'block_rates', 'GateFailed', 'apply_gate',
            'gate_message', 'registry_state', 'champion_metrics', 'promote', 'rollback_champion', 'answer_means',
-           'register_prompt_version', 'golden_scorers', 'prompt_from_text', 'with_prompt', 'compare_prompts',
-           'comparison_html', 'save_prompt', 'prompt_playground']
+           'sample_per_category', 'register_prompt_version', 'golden_scorers', 'prompt_from_text', 'with_prompt',
+           'compare_prompts', 'comparison_html', 'save_prompt', 'prompt_playground']
 
 # %% ../../nbs/04_evaluate.ipynb #27558b27
 def hit_at_k(retrieved: list[str], source: str, k: int) -> bool:
@@ -345,6 +345,17 @@ def answer_means(answers: list[str], references: list[str], contexts: list[list[
     if embed is not None:
         out["semantic_similarity"] = float(np.mean(semantic_similarity(answers, references, embed)))
     return out
+
+# %% ../../nbs/04_evaluate.ipynb #62bf9f46
+def sample_per_category(rows: list[dict], n: int | None, key: str = "category") -> list[dict]:
+    "Up to `n` rows keeping every category's share (the first of each, in file order); all rows when `n` is None."
+    if n is None or n >= len(rows):
+        return rows
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r[key], []).append(r)
+    keep = {id(r) for g in groups.values() for r in g[:max(1, round(n * len(g) / len(rows)))]}
+    return [r for r in rows if id(r) in keep]
 
 # %% ../../nbs/04_evaluate.ipynb #b69a53f6
 def register_prompt_version(name: str, text: str, version: str) -> int:
