@@ -54,6 +54,9 @@ def test_every_build_is_archived(history):
         assert ["injected-parameters"] in tags, f"{t.name}: papermill's injected parameters are in the report"
         assert "<html" in (run_dir / t.html).read_text()[:2000]
     assert all(t.status == "skipped" for t in runs[-2].tasks), "the second build had nothing to do"
+    index_report = (run_dir / "index.ipynb").read_text()
+    assert "embedding chunks: " in index_report and "it/s]" not in index_report, "plain progress lines, not bars"
+    assert "training steps: 2/2 (100%)" in (run_dir / "finetune.ipynb").read_text()
 
 
 def test_why_each_task_ran(history):

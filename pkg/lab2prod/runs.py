@@ -284,7 +284,7 @@ def _now() -> str:
 def on_render(dag) -> None:
     "Ploomber hook, after rendering: give the build a run id (the stages' MLflow runs carry it) and note what will run why."
     check_task_params(dag)
-    if "jupyter_server" in sys.modules:  # JupyterLab rendering the DAG to inject a notebook's paths: not a build
+    if Path(sys.argv[0]).name.startswith("jupyter"):  # JupyterLab rendering the DAG to inject paths: not a build
         return
     run_id = new_run_id()
     os.environ[RUN_ENV] = run_id  # inherited by the task processes and their kernels
