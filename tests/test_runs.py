@@ -57,6 +57,13 @@ def test_every_build_is_archived(history):
     index_report = (run_dir / "index.ipynb").read_text()
     assert "embedding chunks: " in index_report and "it/s]" not in index_report, "plain progress lines, not bars"
     assert "training steps: 2/2 (100%)" in (run_dir / "finetune.ipynb").read_text()
+    # widgets are shown as static HTML in reports (a widget view without its state would show nothing)
+    for report, code, text in (("evaluate.ipynb", "playground = prompt_playground(", "mean over"),
+                               ("index.ipynb", "explorer = retrieval_explorer(retriever)", "<table>")):
+        cell = next(c for c in json.loads((run_dir / report).read_text())["cells"] if code in "".join(c["source"]))
+        shown = [o.get("data", {}) for o in cell["outputs"] if o["output_type"] == "display_data"]
+        assert shown and all("text/html" in d and "application/vnd.jupyter.widget-view+json" not in d for d in shown)
+        assert text in "".join(shown[0]["text/html"]), report
 
 
 def test_why_each_task_ran(history):

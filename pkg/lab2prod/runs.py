@@ -288,6 +288,9 @@ def on_render(dag) -> None:
         return
     run_id = new_run_id()
     os.environ[RUN_ENV] = run_id  # inherited by the task processes and their kernels
+    # other libraries' progress bars would be widgets or carriage returns in the reports; ours print plain lines
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _ACTIVE.clear()
     _ACTIVE.update(run_id=run_id, started=_now(), plan=plan_run(dag), git=git_state())
 
