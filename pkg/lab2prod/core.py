@@ -29,9 +29,9 @@ __all__ = ['TELEMETRY_ENV', 'OFFLINE_ENV', 'JUPYTER_SERVER_CONFIG', 'log', 'PROF
            'detect_hardware', 'choose_embedding_backend', 'choose_generation_backend', 'choose_train_precision',
            'choose_generation_precision', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
            'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'file_hash', 'dir_hash', 'params_hash', 'git_state',
-           'package_versions', 'build_lineage', 'write_lineage', 'pipeline_root', 'pipeline_env', 'pipeline_products',
-           'stage_products', 'stage_io', 'ModelSpec', 'bundled_dir', 'resolve_model', 'load_model', 'tracking_uri_for',
-           'start_mlflow_run', 'install_model_package', 'lock_pins', 'write_environment_yml']
+           'package_versions', 'build_lineage', 'write_lineage', 'pipeline_root', 'pipeline_env', 'pipeline_spec',
+           'pipeline_products', 'stage_products', 'stage_io', 'ModelSpec', 'bundled_dir', 'resolve_model', 'load_model',
+           'tracking_uri_for', 'start_mlflow_run', 'install_model_package', 'lock_pins', 'write_environment_yml']
 
 # %% ../../nbs/00_core.ipynb #1c60ef71
 TELEMETRY_ENV = {
@@ -446,20 +446,23 @@ def pipeline_env(root: Path | None = None, **overrides) -> dict:
     return {**env, "root": str(root), "here": str(root), "cwd": str(root), **overrides}
 
 
-def pipeline_products(artifacts_dir: str | os.PathLike | None = None, root: Path | None = None) -> dict[str, dict[str, str]]:
-    "Every task's products, from pipeline.yaml rendered with env.yaml (`artifacts_dir` replacing env.yaml's)."
+def pipeline_spec(artifacts_dir: str | os.PathLike | None = None, root: Path | None = None):
+    "pipeline.yaml as YAML, and a function rendering its placeholders with env.yaml (`artifacts_dir` replacing env.yaml's)."
     import jinja2
     import yaml
     root = root or pipeline_root()
     overrides = {} if artifacts_dir is None else {"artifacts_dir": str(resolve_path(artifacts_dir, root))}
     env = pipeline_env(root, **overrides)
-    render = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    spec = yaml.safe_load((root / "pipeline.yaml").read_text())
-    out = {}
-    for task in spec["tasks"]:
-        paths = {k: render.from_string(v).render(**env) for k, v in task["product"].items()}
-        out[task["name"]] = {k: str(resolve_path(v, root)) for k, v in paths.items()}
-    return out
+    jinja = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    return yaml.safe_load((root / "pipeline.yaml").read_text()), lambda text: jinja.from_string(str(text)).render(**env)
+
+
+def pipeline_products(artifacts_dir: str | os.PathLike | None = None, root: Path | None = None) -> dict[str, dict[str, str]]:
+    "Every task's products, from pipeline.yaml rendered with env.yaml (`artifacts_dir` replacing env.yaml's)."
+    root = root or pipeline_root()
+    spec, render = pipeline_spec(artifacts_dir, root)
+    return {task["name"]: {k: str(resolve_path(render(v), root)) for k, v in task["product"].items()}
+            for task in spec["tasks"]}
 
 
 def stage_products(task: str, artifacts_dir: str | os.PathLike | None = None) -> dict[str, str]:

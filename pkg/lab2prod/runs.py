@@ -568,19 +568,13 @@ def run_comparison(runs_dir: str | os.PathLike, tracking_uri: str = ""):
 # %% ../../nbs/08_runs.ipynb #a713f652
 def hook_args(artifacts_dir: str | os.PathLike | None = None, root: Path | None = None) -> dict[str, str]:
     "The arguments pipeline.yaml gives its `on_finish` hook (runs folder, tracking URI), rendered with env.yaml."
-    import jinja2
-    import yaml
-
-    from lab2prod.core import pipeline_env, pipeline_root
+    from lab2prod.core import pipeline_root, pipeline_spec
     root = root or pipeline_root()
-    spec = yaml.safe_load((root / "pipeline.yaml").read_text())
+    spec, render = pipeline_spec(artifacts_dir, root)
     hook = spec.get("on_finish")
     if not isinstance(hook, dict):
         raise ValueError(f"{root / 'pipeline.yaml'}: on_finish must name lab2prod.runs.on_finish with its runs_dir")
-    overrides = {} if artifacts_dir is None else {"artifacts_dir": str(resolve_path(artifacts_dir, root))}
-    env = pipeline_env(root, **overrides)
-    render = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    out = {k: render.from_string(str(v)).render(**env) for k, v in hook.items() if k != "dotted_path"}
+    out = {k: render(v) for k, v in hook.items() if k != "dotted_path"}
     out["runs_dir"] = str(resolve_path(out["runs_dir"], root))
     return out
 
