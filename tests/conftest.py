@@ -14,8 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-QUIET_ENV = {"PLOOMBER_STATS_ENABLED": "false", "ANONYMIZED_TELEMETRY": "False", "BENTOML_DO_NOT_TRACK": "True",
-             "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+QUIET_ENV = {"PLOOMBER_STATS_ENABLED": "false", "PLOOMBER_VERSION_CHECK_DISABLED": "true", "ANONYMIZED_TELEMETRY": "False",
+             "BENTOML_DO_NOT_TRACK": "True", "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
              "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 os.environ.update(QUIET_ENV)
 # planted in the pipeline runs' environment: no archived report may contain them (tests/test_runs.py)
@@ -23,9 +23,13 @@ PLANTED_SECRETS = {"LAB2PROD_JUDGE_API_KEY": "sk-planted-judge-7f3a9c01d2", "DEP
 
 
 def run(args: list[str], env: dict | None = None, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
-    "Run a command of the venv in the project root; on failure show its output."
-    p = subprocess.run([str(BIN / args[0]) if (BIN / args[0]).exists() else args[0], *args[1:]], cwd=ROOT,
-                       env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    "Run a command of the venv in the project root; on failure, or when it runs past `timeout`, show its output."
+    try:
+        p = subprocess.run([str(BIN / args[0]) if (BIN / args[0]).exists() else args[0], *args[1:]], cwd=ROOT,
+                           env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:  # say where it was: a pipeline build prints each task as it starts
+        out = [(b or b"").decode(errors="replace") if isinstance(b, bytes) else (b or "") for b in (e.stdout, e.stderr)]
+        raise AssertionError(f"{' '.join(args)} ran past {timeout} s:\n{out[0][-4000:]}\n{out[1][-6000:]}") from None
     if check and p.returncode:
         raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
     return p
@@ -37,13 +41,28 @@ def bentoml_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory, bentoml_home) -> dict:
-    "The whole pipeline on the smoke profile into a fresh artifacts folder."
+def stack(tmp_path_factory):
+    """PostgreSQL + S3 (SeaweedFS) + an MLflow server using both, on loopback, for the whole session; None (the
+    pipeline then tracks to its SQLite default) where this machine lacks a part: tests/test_scale.py says which."""
+    from stack import missing_parts, scale_stack
+    if missing_parts():
+        yield None
+        return
+    with scale_stack(tmp_path_factory.mktemp("stack")) as addresses:
+        yield addresses
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, bentoml_home, stack) -> dict:
+    "The whole pipeline on the smoke profile into a fresh artifacts folder, tracked by the stack's MLflow server."
     art = tmp_path_factory.mktemp("artifacts")
     env = {"BENTOML_HOME": str(bentoml_home), **PLANTED_SECRETS}  # secrets in the environment must stay out of reports
-    first = run(["ploomber", "build", "--env--profile", "smoke", "--env--artifacts_dir", str(art)], env=env)
+    if stack:
+        env["MLFLOW_TRACKING_URI"] = stack["tracking_uri"]
+    first = run(["ploomber", "build", "--env--profile", "smoke", "--env--artifacts_dir", str(art)], env=env, timeout=1500)
     second = run(["ploomber", "build", "--env--profile", "smoke", "--env--artifacts_dir", str(art)], env=env)
-    return {"artifacts": art, "first": first.stdout, "second": second.stdout, "env": env}
+    return {"artifacts": art, "first": first.stdout, "second": second.stdout, "env": env,
+            "tracking_uri": env.get("MLFLOW_TRACKING_URI", "")}
 
 
 def free_port() -> int:

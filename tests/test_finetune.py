@@ -64,10 +64,9 @@ def results(proc: subprocess.CompletedProcess) -> list[dict]:
 
 
 def test_two_process_launch_agrees(train_file, tmp_path):
-    """`accelerate launch` with two processes (gloo on this CPU): each trains on its half of every batch, gradients
+    """`accelerate launch` with deploy/accelerate's two-process configuration (gloo on this CPU): each trains on its half of every batch, gradients
     are averaged, and both end with the same adapter and loss curve; the saved adapter is that adapter."""
-    launcher = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher = [str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "deploy" / "accelerate" / "cpu_ddp_2proc.yaml")]
     proc = lab2prod_train("--train", train_file, "--out", tmp_path / "adapter", *SMALL, "--precision", "fp32",
                           launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -34,7 +34,7 @@ def history(smoke_run, tmp_path_factory):
     after = {k: dir_hash(p) for k, p in data.items()}
     fixed = build("--env--monitor_window", "30d")
     runs = load_runs(runs_dir)
-    return {"art": art, "runs_dir": runs_dir, "runs": runs, "new": [r for r in runs if r.run_id not in before],
+    return {"art": art, "tracking_uri": smoke_run["tracking_uri"], "runs_dir": runs_dir, "runs": runs, "new": [r for r in runs if r.run_id not in before],
             "good": good, "after_failure": after, "failed": failed, "fixed": fixed.stdout}
 
 
@@ -107,7 +107,7 @@ def test_index_page_mlflow_and_registry_link_the_runs(history):
     for href in re.findall(r'href="([^"#]+)"', page):
         assert (runs_dir / href).exists(), href
     assert "promoted version 1" in page and "What was served when" in page and "failed" in page
-    client = mlflow.MlflowClient(tracking_uri_for(history["art"]))
+    client = mlflow.MlflowClient(tracking_uri_for(history["art"], history["tracking_uri"]))
     first = runs[-1]
     files = [f.path for f in client.list_artifacts(first.archive_mlflow_run, "archive")]
     assert "archive/lineage.json" in files and "archive/evaluate.html" in files, files

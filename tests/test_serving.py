@@ -105,6 +105,9 @@ def test_metrics_count_tokens_refusals_and_batches(service):
                  "lab2prod_generations_in_flight", "lab2prod_retrieve_batch_size_count", "lab2prod_retrieval_top_similarity_count",
                  'lab2prod_guardrail_decisions_total{category="injection",decision="refused"}'):
         assert name in text, name
+    import yaml  # the Kubernetes autoscaler scales on a metric this service exports
+    hpa = yaml.safe_load((ROOT / "deploy" / "k8s" / "hpa.yaml").read_text())
+    assert all(f"{m['pods']['metric']['name']} " in text for m in hpa["spec"]["metrics"]), hpa["spec"]["metrics"]
 
 
 def test_lineage_names_the_engine_and_adapter(service):

@@ -17,7 +17,7 @@ from .core import build_lineage, disable_telemetry, resolve_path, tracking_uri_f
 
 # %% auto #0
 __all__ = ['rebuild_engine', 'rollback', 'rollback_message', 'train', 'list_runs', 'reproduce_run', 'review', 'retrain',
-           'schedule', 'main']
+           'schedule', 'scale_command', 'main']
 
 # %% ../../nbs/07_cli.ipynb #2c2bf69a
 def rebuild_engine(artifacts_dir: str | os.PathLike, adapter_uri: str, version: str) -> Path:
@@ -203,6 +203,24 @@ def schedule(a: argparse.Namespace) -> int:
     return p.returncode
 
 
+def scale_command(a: argparse.Namespace) -> int:
+    "`lab2prod pod|export|remote`: the scale-out commands (lab2prod.scale); bad input exits 1 with the reason."
+    from lab2prod import scale
+    from lab2prod.core import pipeline_root
+    try:
+        if a.command == "pod":
+            return scale.run_pod(a.task, a.artifacts, a.store, a.env)
+        if a.command == "export":
+            for path in scale.export_workflow(a.target, a.out or pipeline_root() / "deploy" / a.target, a.image):
+                print(path)
+            return 0
+        print(scale.set_dvc_remote(a.url, a.endpoint_url, a.root or None))
+        return 0
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        print(f"lab2prod {a.command}: {e}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     "The `lab2prod` command line."
     ap = argparse.ArgumentParser(prog="lab2prod", description="Operate a lab2prod project: registry, runs, training.")
@@ -250,8 +268,23 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: none are written)")
     tr.add_argument("--checkpoint-every", type=int, default=10)
     tr.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint of this run exists")
+    po = sub.add_parser("pod", help="a task in its own pod: pull its upstream products, run it, push its products")
+    po.add_argument("task")
+    po.add_argument("--artifacts", default="artifacts")
+    po.add_argument("--store", default="", help="object store URL (default: $LAB2PROD_OBJECT_STORE)")
+    po.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="an env.yaml value for this run")
+    ex = sub.add_parser("export", help="write the pipeline as an Argo Workflow or an Airflow DAG (through soopervisor)")
+    ex.add_argument("target", choices=["argo", "airflow"])
+    ex.add_argument("--image", required=True, help="the container image every task runs in")
+    ex.add_argument("--out", default="", help="folder to write to (default: deploy/<target>)")
+    re_ = sub.add_parser("remote", help="make a URL (s3://bucket/prefix, a path) the project's default DVC remote")
+    re_.add_argument("url")
+    re_.add_argument("--endpoint-url", default="", help="the S3 endpoint of an S3-compatible store (MinIO, SeaweedFS)")
+    re_.add_argument("--root", default="", help="the project folder (default: the one holding pipeline.yaml)")
     a = ap.parse_args(argv)
     disable_telemetry()
+    if a.command in ("pod", "export", "remote"):
+        return scale_command(a)
     if a.command == "train":
         return train(a)
     if a.command == "runs":

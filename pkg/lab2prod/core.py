@@ -24,18 +24,20 @@ from pydantic import BaseModel, Field
 # %% auto #0
 __all__ = ['TELEMETRY_ENV', 'OFFLINE_ENV', 'JUPYTER_SERVER_CONFIG', 'log', 'PROFILES', 'EMBEDDING_BACKENDS',
            'GENERATION_BACKENDS', 'TRAIN_PRECISIONS', 'BF16_MIN_PARAMS', 'LINEAGE_PACKAGES', 'BUNDLED', 'EXPERIMENT',
-           'disable_telemetry', 'install_telemetry_guard', 'install_jupyter_config', 'project_root', 'resolve_path',
-           'progress_mode', 'Progress', 'progress', 'show_widget', 'Profile', 'get_profile', 'Hardware', 'cpu_info',
-           'detect_hardware', 'choose_embedding_backend', 'choose_generation_backend', 'choose_train_precision',
-           'choose_generation_precision', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
-           'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'file_hash', 'dir_hash', 'params_hash', 'git_state',
-           'package_versions', 'build_lineage', 'write_lineage', 'pipeline_root', 'pipeline_env', 'pipeline_spec',
-           'pipeline_products', 'stage_products', 'stage_io', 'ModelSpec', 'bundled_dir', 'resolve_model', 'load_model',
-           'tracking_uri_for', 'start_mlflow_run', 'install_model_package', 'lock_pins', 'write_environment_yml']
+           'STARTED_WITH_TRACKING_URI', 'disable_telemetry', 'install_telemetry_guard', 'install_jupyter_config',
+           'project_root', 'resolve_path', 'progress_mode', 'Progress', 'progress', 'show_widget', 'Profile',
+           'get_profile', 'Hardware', 'cpu_info', 'detect_hardware', 'choose_embedding_backend',
+           'choose_generation_backend', 'choose_train_precision', 'choose_generation_precision', 'atomic_write_bytes',
+           'atomic_write_text', 'atomic_write_json', 'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'file_hash',
+           'dir_hash', 'params_hash', 'git_state', 'package_versions', 'build_lineage', 'write_lineage',
+           'pipeline_root', 'pipeline_env', 'pipeline_spec', 'pipeline_products', 'stage_products', 'stage_io',
+           'ModelSpec', 'bundled_dir', 'resolve_model', 'load_model', 'tracking_uri_for', 'start_mlflow_run',
+           'install_model_package', 'lock_pins', 'write_environment_yml']
 
 # %% ../../nbs/00_core.ipynb #1c60ef71
 TELEMETRY_ENV = {
     "PLOOMBER_STATS_ENABLED": "false",
+    "PLOOMBER_VERSION_CHECK_DISABLED": "true",  # a request to pypi.org at every command
     "ANONYMIZED_TELEMETRY": "False",  # chromadb
     "BENTOML_DO_NOT_TRACK": "True",
     "DVC_NO_ANALYTICS": "1",
@@ -546,12 +548,16 @@ def load_model(kind: Literal["embedding", "llm"], name: str = "bundled", device:
 
 # %% ../../nbs/00_core.ipynb #a4eae719
 EXPERIMENT = "lab2prod"
+# read once: `mlflow.set_tracking_uri` rewrites the variable in this process (a demo cell pointing at a scratch
+# store would otherwise send the stage's real runs there)
+STARTED_WITH_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", "")
 
 
 def tracking_uri_for(artifacts_dir: str | os.PathLike, tracking_uri: str = "") -> str:
-    "The MLflow tracking URI: `tracking_uri` if given, else a SQLite store in `artifacts_dir`."
-    if tracking_uri:
-        return tracking_uri
+    """The MLflow tracking URI: `tracking_uri` if given, else `$MLFLOW_TRACKING_URI` as the process started with it
+    (MLflow's own convention, how a cluster points every task at its tracking server), else SQLite in `artifacts_dir`."""
+    if tracking_uri or STARTED_WITH_TRACKING_URI:
+        return tracking_uri or STARTED_WITH_TRACKING_URI
     path = resolve_path(artifacts_dir) / "mlflow.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
@@ -562,9 +568,13 @@ def start_mlflow_run(artifacts_dir: str | os.PathLike, run_name: str, tracking_u
     "Start a run in the lab2prod experiment of the project's store (run artifacts under `artifacts_dir`/mlartifacts)."
     import mlflow
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(tracking_uri_for(artifacts_dir, tracking_uri))
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:  # else run artifacts land in ./mlruns of the working directory
-        mlflow.create_experiment(EXPERIMENT, artifact_location=(resolve_path(artifacts_dir) / "mlartifacts").as_uri())
+    uri = tracking_uri_for(artifacts_dir, tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        # a local store would put run artifacts in ./mlruns of the working directory; a server has its own store (S3)
+        local = not uri.startswith(("http://", "https://", "databricks"))
+        mlflow.create_experiment(EXPERIMENT, artifact_location=(resolve_path(artifacts_dir) / "mlartifacts").as_uri()
+                                 if local else None)
     mlflow.set_experiment(EXPERIMENT)
     if log_system_metrics:  # CPU, memory (and GPU where there is one) every 2 s: short stages get a curve too
         mlflow.set_system_metrics_sampling_interval(2)

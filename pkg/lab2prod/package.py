@@ -110,8 +110,9 @@ def stage_bento(manifest: ServedManifest, ctx: Path, root: Path) -> tuple[Path, 
         _stage(str(Path(spec.location) / spec.gguf_file), art / "base_model" / spec.gguf_file)
         envs.append({"name": "LAB2PROD_BASE_MODEL", "value": f"artifacts/base_model/{spec.gguf_file}"})
     write_served_manifest(art / "served.json", staged)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(ctx / "wheels"), str(root)],
-                   check=True, capture_output=True)
+    # offline: the build tools of this environment, no index (an isolated build would fetch setuptools at run time)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w",
+                    str(ctx / "wheels"), str(root)], check=True, capture_output=True)
     cfg = yaml.safe_load((root / "bentofile.yaml").read_text())
     cfg["include"] = ["artifacts/**", "wheels/*.whl"]
     cfg["python"]["wheels"] = [f"wheels/{w.name}" for w in (ctx / "wheels").glob("*.whl")]
