@@ -27,7 +27,7 @@ from lab2prod.index import chunk_embed_texts, embed_texts, load_embedder
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(out: Path, repeats: int = 3) -> dict:
+def main(out: Path, repeats: int = 3, max_chunks: int | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         subprocess.run([sys.executable, str(ROOT / "benchmarks/corpora/pydoc/make_corpus.py"), str(tmp / "pydoc")],
@@ -36,6 +36,7 @@ def main(out: Path, repeats: int = 3) -> dict:
         for name, corpus in (("sample", ROOT / "data/corpus"), ("pydoc", tmp / "pydoc")):
             run_data_stage(corpus_dir=str(corpus), artifacts_dir=str(tmp / name), profile="default")
             texts += chunk_embed_texts(pd.read_parquet(stage_products("data", tmp / name)["chunks"]))
+        texts = texts[:max_chunks] if max_chunks else texts
         models = {"plain": load_model("embedding"), "torch-bf16": load_embedder("bundled", "torch-bf16"),
                   "onnx-int8": load_embedder("bundled", "onnx-int8", tmp / "embedder")}
         times, vecs = {k: [] for k in models}, {}
@@ -59,5 +60,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/embedding_speed.json")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-chunks", type=int, default=None, help="embed only the first N chunks (a quick check)")
     a = ap.parse_args()
-    main(a.out, a.repeats)
+    main(a.out, a.repeats, a.max_chunks)

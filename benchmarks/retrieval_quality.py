@@ -53,18 +53,20 @@ def naive_floor(corpus: Path, golden: list[dict], model, size: int = 800, k: int
             "n_questions": len(r), "n_chunks": len(rows)}
 
 
-def main(out: Path) -> dict:
+def main(out: Path, only: tuple[str, ...] = ("sample", "pydoc"), backends: tuple[str, ...] = ("torch", "torch-bf16", "onnx-int8")) -> dict:
     results = {}
     torch_model = load_model("embedding")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name, (corpus, golden_path) in corpora(work).items():
+            if name not in only:
+                continue
             art = work / name
             run_data_stage(corpus_dir=str(corpus), golden_path=str(golden_path), artifacts_dir=str(art), profile="default")
             data = stage_products("data", art)
             golden = read_jsonl(data["golden"])
             results[f"{name}/floor"] = naive_floor(corpus, golden, torch_model)
-            for backend in ("torch", "torch-bf16", "onnx-int8"):
+            for backend in backends:
                 idx = work / f"{name}-{backend}"
                 t0 = time.perf_counter()
                 build_index(data["chunks"], idx, embedding_backend=backend)
@@ -85,4 +87,7 @@ def main(out: Path) -> dict:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/retrieval_quality.json")
-    main(ap.parse_args().out)
+    ap.add_argument("--corpora", default="sample,pydoc", help="comma-separated: sample, pydoc")
+    ap.add_argument("--backends", default="torch,torch-bf16,onnx-int8", help="comma-separated embedding backends")
+    a = ap.parse_args()
+    main(a.out, tuple(a.corpora.split(",")), tuple(a.backends.split(",")))
