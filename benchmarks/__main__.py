@@ -46,10 +46,10 @@ STEPS = [
     Step("data", "data_speed.py", [], ["--mb", "1"]),
     Step("embedding", "embedding_speed.py", [], ["--repeats", "1", "--max-chunks", "96"]),
     Step("retrieval", "retrieval_quality.py", [], ["--corpora", "sample", "--backends", "torch"]),
-    Step("query", "query_latency.py", [], ["--sizes", "2000"]),
-    Step("finetune", "finetune_speed.py", [], ["--steps", "2", "--variants", "fp32"]),
-    Step("generation", "generation_speed.py", [], ["--quick", "--no-chat-stream"], needs_artifacts=True),
-    Step("service", "service_load.py", [], ["--quick"], needs_artifacts=True),
+    Step("query", "query_latency.py", [], ["--sizes", "1000"]),
+    Step("finetune", "finetune_speed.py", [], ["--steps", "1", "--variants", "fp32"]),
+    Step("generation", "generation_speed.py", [], ["--quick", "--no-service"], needs_artifacts=True),
+    Step("service", "service_load.py", [], ["--quick", "--ask-clients", "1", "8"], needs_artifacts=True),
 ]
 
 
@@ -226,12 +226,12 @@ def plots(results: dict[str, list[dict]], out: Path) -> list[Path]:
             for who, label in (("ours", "lab2prod engine"), ("baseline", "llama-server as started by a user")):
                 axes[0].plot([int(n) for n in levels], [_dig(gen["concurrency"][n], who, "tokens_per_s") or 0 for n in levels],
                              marker="o", label=label)
-            axes[0].set(xlabel="concurrent clients", ylabel="generated tokens/s", title="generation")
+            axes[0].set(xlabel="concurrent clients", ylabel="generated tokens/s", title="generation", ylim=(0, None))
             axes[0].legend()
         if svc:
             levels = sorted(svc["ask"], key=int)
             axes[1].plot([int(n) for n in levels], [svc["ask"][n]["answers_per_s"] for n in levels], marker="o", label="/ask")
-            axes[1].set(xlabel="concurrent clients", ylabel="answers/s", title="service /ask")
+            axes[1].set(xlabel="concurrent clients", ylabel="answers/s", title="service /ask", ylim=(0, None))
         fig.tight_layout()
         made.append(out / "concurrency.png")
         fig.savefig(made[-1], dpi=110)

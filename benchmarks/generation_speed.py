@@ -206,7 +206,7 @@ def main(a: argparse.Namespace) -> dict:
     gguf, lora, cores = bundled_gguf(), engine_dir / spec.adapter_gguf, len(os.sched_getaffinity(0))
     info = machine_info() | {"load_avg_before": os.getloadavg()}
     t_start = time.perf_counter()
-    service = Service(art).start()  # it loads while the prompts are built
+    service = None if a.no_service else Service(art).start()  # it loads while the prompts are built
     servers: list[EngineServer] = []
     try:
         # every repeat of every level: a fresh list for ours, the baseline and /ask, and another for the streamed chat
@@ -254,8 +254,9 @@ def main(a: argparse.Namespace) -> dict:
         progress(f"baseline as a user starts it: {as_user['prompts_that_do_not_fit']} prompts + answers do not fit its "
                  f"{n_ctx_slot}-token slots ({as_user['prompts_longer_than_a_slot']} prompts alone); probe "
                  f"{as_user.get('probe')}{'; measured with ' + as_user['measured_with'] if too_long else ''}")
-        service.wait_ready()
-        progress(f"service ready in {service.startup_s} s")
+        if service:
+            service.wait_ready()
+            progress(f"service ready in {service.startup_s} s")
 
         # (a) llama-bench and (b) one stream, alternating
         whole, load = OtherLoad().start(), OtherLoad().start()
@@ -281,11 +282,12 @@ def main(a: argparse.Namespace) -> dict:
         # (c) concurrency
         cache = not a.no_cache_prompt
         targets = {"ours": (ours.url, completion_sender(a.tokens, cache)),
-                   "baseline": (baseline.url, completion_sender(a.tokens, cache)),
-                   "service_ask": (service.url, ask_sender(a.tokens))}
-        if not a.no_chat_stream:
-            targets["service_chat_stream"] = (service.url, chat_stream_sender(a.tokens))
-        run_clients(1, ["What is a job?"], ask_sender(8), service.url)  # warm-up of the service's first request
+                   "baseline": (baseline.url, completion_sender(a.tokens, cache))}
+        if service:
+            targets["service_ask"] = (service.url, ask_sender(a.tokens))
+            if not a.no_chat_stream:
+                targets["service_chat_stream"] = (service.url, chat_stream_sender(a.tokens))
+            run_clients(1, ["What is a job?"], ask_sender(8), service.url)  # warm-up of the service's first request
         conc, fresh = {}, iter(lists)
         for c in a.clients:
             runs, hits = {name: [] for name in targets}, {"service_ask": [], "service_chat_stream": []}
@@ -295,7 +297,7 @@ def main(a: argparse.Namespace) -> dict:
                 for name, (url, send) in targets.items():
                     reqs = ([rag[q] for q in questions] if name in ("ours", "baseline") else
                             chat_questions if name == "service_chat_stream" else questions)
-                    before = service.engine_prompt_tokens() if name.startswith("service") else None
+                    before = service.engine_prompt_tokens() if service and name.startswith("service") else None
                     runs[name].append(run_clients(c, reqs, send, url))
                     if before is not None:
                         hits[name].append(cache_share(before, service.engine_prompt_tokens()))
@@ -315,11 +317,12 @@ def main(a: argparse.Namespace) -> dict:
         for s in servers:
             s.close()
             s.log_file.unlink(missing_ok=True)  # EngineServer's log lives in /tmp and is not removed by close()
-        service.close()
+        if service:
+            service.close()
     res = {"machine": info | {"load_avg_after": os.getloadavg()}, "quick": a.quick, "artifacts": shown_path(art),
            "model": gguf.name, "adapter": str(lora), "engine": {"parallel": spec.parallel, "ctx_per_slot": spec.ctx_per_slot},
            "settings": {k: v for k, v in vars(a).items() if k not in ("out", "artifacts")},
-           "service_startup_s": service.startup_s, "one_stream": single, "baseline_as_user": as_user,
+           "service_startup_s": service.startup_s if service else None, "one_stream": single, "baseline_as_user": as_user,
            "concurrency": conc, "other_cores_busy": other, "warning": contention_note(other, cores),
            "seconds": round(time.perf_counter() - t_start, 1)}
     atomic_write_json(a.out, res)
@@ -357,6 +360,7 @@ if __name__ == "__main__":
     ap.add_argument("--baseline-slots", type=int, default=16)
     ap.add_argument("--baseline-ctx", type=int, default=8192)
     ap.add_argument("--no-chat-stream", action="store_true", help="skip the streamed /v1/chat/completions runs")
+    ap.add_argument("--no-service", action="store_true", help="the engines only, not the HTTP service (service_load.py has it)")
     ap.add_argument("--no-cache-prompt", action="store_true",
                     help="ours and the baseline compute every prompt in full (the service's engine always uses its cache)")
     ap.add_argument("--out", type=Path)

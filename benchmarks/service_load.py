@@ -329,6 +329,6 @@ if __name__ == "__main__":
     a = ap.parse_args()
     exit_on_sigterm()
     if a.quick:
-        a.retrieve_seconds, a.ask_seconds, a.ask_tokens, a.soak_minutes = 5, 4, 16, 20 / 60
+        a.retrieve_seconds, a.ask_seconds, a.ask_tokens, a.soak_minutes = 3, 4, 16, 10 / 60
     a.out = a.out or ROOT / f"benchmarks/results/service_load{'.quick' if a.quick else ''}.json"
     main(a)

@@ -138,3 +138,30 @@ def test_reproduce_reports_a_match_for_the_first_run(history):
     p = run(["lab2prod", "reproduce", first.run_id, "--artifacts", str(history["art"])], check=False, timeout=1500)
     assert p.returncode == 0 and "MATCH" in p.stdout, p.stdout + p.stderr
     assert "data.chunks" in p.stdout and "index.data_sha256" in p.stdout and "evaluate.retrieval/hit_at_5" in p.stdout
+
+
+def test_an_edited_document_reruns_the_data_task_and_reembeds_only_its_chunks(tmp_path):
+    """Ploomber alone would skip everything after a document changes (no notebook or parameter changed); the data
+    task's recorded input hashes send it, and what follows it, to run again: the archive says why, and the index
+    embeds only the chunks whose text changed."""
+    import shutil
+
+    corpus, art = tmp_path / "corpus", tmp_path / "art"
+    shutil.copytree(ROOT / "data" / "corpus", corpus)
+
+    def build():
+        return run(["ploomber", "build", "--partially", "index", "--env--profile", "smoke", "--env--artifacts_dir",
+                    str(art), "--env--corpus_dir", str(corpus)]).stdout
+    build()
+    unchanged = build()
+    assert all(row.split()[1] == "False" for row in unchanged.splitlines() if row.split()[:1] in (["data"], ["index"]))
+    import pandas as pd
+    source = sorted(pd.read_parquet(stage_products("data", art)["chunks"])["source"])[0]  # a document the profile keeps
+    (corpus / source).write_text((corpus / source).read_text() + "\n\nOne more sentence, added after the first build.\n")
+    rebuilt = build()
+    assert all(row.split()[1] == "True" for row in rebuilt.splitlines() if row.split()[:1] in (["data"], ["index"])), rebuilt
+    manifest = json.loads(Path(stage_products("index", art)["manifest"]).read_text())
+    assert 0 < manifest["sync"]["embedded"] < manifest["n_chunks"], manifest["sync"]
+    newest = load_runs(hook_args(art)["runs_dir"])[0]
+    why = {t.name: t.why for t in newest.tasks}
+    assert "input changed: corpus" in why["data"], why

@@ -34,12 +34,13 @@ RUN_ENV = "LAB2PROD_RUN_ID"  # the pipeline run a stage belongs to: set by the h
 
 # %% auto #0
 __all__ = ['log', 'RUN_ENV', 'SECRET_NAME', 'INDEX_FIELDS', 'DATA_PRODUCTS', 'KEY_METRICS', 'TaskRecord', 'RunRecord',
-           'new_run_id', 'why_task_runs', 'plan_run', 'declared_parameters', 'check_task_params', 'secret_values',
-           'redact', 'notebook_html', 'archive_task', 'failing_cell', 'products_hashes', 'input_hashes', 'env_params',
-           'task_results', 'compare_results', 'on_render', 'task_status', 'last_good_report', 'archive_run',
-           'on_finish', 'on_failure', 'stage_mlflow_runs', 'log_archive', 'load_runs', 'mlflow_link', 'index_html',
-           'write_index', 'mlflow_record', 'compare_runs', 'comparison_table_html', 'plot_comparison', 'run_comparison',
-           'hook_args', 'find_run', 'env_overrides', 'reproduce', 'reproduce_message']
+           'new_run_id', 'why_task_runs', 'plan_run', 'declared_parameters', 'check_task_params', 'changed_inputs',
+           'rerun_tasks_with_changed_inputs', 'secret_values', 'redact', 'notebook_html', 'archive_task',
+           'failing_cell', 'products_hashes', 'input_hashes', 'env_params', 'task_results', 'compare_results',
+           'on_render', 'task_status', 'last_good_report', 'archive_run', 'on_finish', 'on_failure',
+           'stage_mlflow_runs', 'log_archive', 'load_runs', 'mlflow_link', 'index_html', 'write_index', 'mlflow_record',
+           'compare_runs', 'comparison_table_html', 'plot_comparison', 'run_comparison', 'hook_args', 'find_run',
+           'env_overrides', 'reproduce', 'reproduce_message']
 
 # %% ../../nbs/08_runs.ipynb #b7c24857
 class TaskRecord(BaseModel):
@@ -98,6 +99,8 @@ def why_task_runs(task) -> list[str]:
     missing = [name for name, path in products.items() if not Path(path).exists()]
     if missing:
         return [f"product missing: {', '.join(missing)}"]
+    if task.name in _CHANGED_INPUTS:
+        return [f"input changed: {', '.join(_CHANGED_INPUTS[task.name])}"]
     meta = task.product.metadata
     if meta.timestamp is None:
         return ["no record of an earlier run (Ploomber's metadata is missing)"]
@@ -154,6 +157,39 @@ def check_task_params(dag) -> None:
                             f"of {Path(str(task.source.loc)).name} (mistyped in pipeline.yaml?)")
     if problems:
         raise ValueError("; ".join(problems))
+
+
+_CHANGED_INPUTS: dict[str, list[str]] = {}  # task -> the inputs found changed when this process rendered the DAG
+
+
+def changed_inputs(task) -> list[str]:
+    "The inputs whose content differs from the hashes the task's lineage.json recorded when it last ran."
+    products = task.product.to_json_serializable()
+    lineage = Path(products["lineage"]) if "lineage" in products else None
+    if lineage is None or not lineage.exists():
+        return []
+    recorded = json.loads(lineage.read_text()).get("inputs", {})
+    return sorted(name for name, rec in recorded.items()
+                  if rec.get("sha256") != (dir_hash(rec["path"]) if Path(rec["path"]).exists() else None))
+
+
+def rerun_tasks_with_changed_inputs(dag) -> dict[str, list[str]]:
+    """Make Ploomber run the tasks that read the outside world (no upstream task) whose inputs changed since they ran.
+
+    Ploomber decides from the notebook, its parameters and upstream timestamps; a document edited in `corpus_dir`
+    changes none of them. Such a task's metadata is dropped and the DAG's statuses recomputed, so it runs and
+    everything downstream of it follows, as after a change to its notebook."""
+    _CHANGED_INPUTS.clear()
+    for name, task in dag.items():
+        if not task.upstream and (found := changed_inputs(task)):
+            task.product.metadata.delete()
+            _CHANGED_INPUTS[name] = found
+    if _CHANGED_INPUTS:
+        for task in dag.values():  # in dependency order, as Ploomber renders them
+            for product in getattr(task.product, "products", [task.product]):
+                product._reset_cached_outdated_status()  # Ploomber caches the first render's verdict
+            task.render(force=False, outdated_by_code=dag._params.outdated_by_code)
+    return dict(_CHANGED_INPUTS)
 
 # %% ../../nbs/08_runs.ipynb #eff684ee
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.I)
@@ -286,6 +322,7 @@ def on_render(dag) -> None:
     check_task_params(dag)
     if Path(sys.argv[0]).name.startswith("jupyter"):  # JupyterLab rendering the DAG to inject paths: not a build
         return
+    rerun_tasks_with_changed_inputs(dag)
     run_id = new_run_id()
     os.environ[RUN_ENV] = run_id  # inherited by the task processes and their kernels
     # other libraries' progress bars would be widgets or carriage returns in the reports; ours print plain lines
