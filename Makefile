@@ -57,7 +57,7 @@ version: install
 
 test: install check
 	$(BIN)/nbdev_test --n_workers 0   # in order: later notebooks reuse what earlier ones built
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra --durations=20   # the slowest tests, to keep the run well under 30 minutes
 
 check: install
 	$(PY) -m pip check

@@ -151,6 +151,17 @@ def figures(name: str, r: dict) -> list[tuple[str, float | None, float | None, s
     return rows
 
 
+def measured_on(r: dict, path: Path | None = None) -> str:
+    "The date a result was measured: its own record, else the date git committed its file."
+    date = r.get("date") or _dig(r, "machine", "date")
+    if date:
+        return str(date)[:10]
+    if path is not None:
+        p = subprocess.run(["git", "log", "-1", "--format=%cs", "--", str(path)], cwd=ROOT, capture_output=True, text=True)
+        return p.stdout.strip() or "?"
+    return datetime.now(timezone.utc).date().isoformat()
+
+
 def aggregate(name: str, repeats: list[dict]) -> list[dict]:
     "Median, min and max of each figure (and of its ratio to the baseline) over the repeats."
     per = {}
@@ -165,7 +176,8 @@ def aggregate(name: str, repeats: list[dict]) -> list[dict]:
         rows.append({"benchmark": name, "what": what, "unit": unit,
                      "median": statistics.median(ours) if ours else None, "min": min(ours) if ours else None,
                      "max": max(ours) if ours else None, "baseline": statistics.median(bases) if bases else None,
-                     "ratio": statistics.median(ratios) if ratios else None, "n": len(ours)})
+                     "ratio": statistics.median(ratios) if ratios else None, "n": len(ours),
+                     "date": max((r.get("_measured", "") for r in repeats), default="")})
     return rows
 
 
@@ -175,22 +187,25 @@ def _fmt(x) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
-def markdown(rows: list[dict], info: dict, gpu: dict | None, errors: dict[str, str], quick: bool) -> str:
+def markdown(rows: list[dict], info: dict, gpu: dict | None, errors: dict[str, str], quick: bool,
+             stored: bool = False) -> str:
     "The report: one table, the machine, and the GPU column (or why it is empty)."
-    head = (f"Measured {info['date'][:10]} on {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, "
+    when = (f"Collected {info['date'][:10]} from each benchmark's last full run (its date in the last column), on"
+            if stored else f"Measured {info['date'][:10]} on")
+    head = (f"{when} {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, "
             f"native bf16: {'yes' if info['native_bf16'] else 'no'}, GPU: {info['gpu']}"
             + (" — **quick mode: tiny settings, a check of the harness, not figures to quote**" if quick else "") + ".")
     gpu_head = f"GPU ({gpu['name']}, {gpu['date']})" if gpu else "GPU"
-    lines = [head, "", f"| benchmark | figure | lab2prod (median) | min–max | baseline | ratio | {gpu_head} |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [head, "", f"| benchmark | figure | lab2prod (median) | min–max | baseline | ratio | {gpu_head} | measured |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         spread = f"{_fmt(r['min'])}–{_fmt(r['max'])}" if r["n"] > 1 else "(1 run)"
         ratio = f"{r['ratio']:.2f}×" if r["ratio"] is not None else ""
         g = (gpu or {}).get("figures", {}).get(r["what"], "" if gpu else "no GPU lent to this run")
         lines.append(f"| {r['benchmark']} | {r['what']} | {_fmt(r['median'])} {r['unit']} | {spread} | "
-                     f"{_fmt(r['baseline'])} | {ratio} | {g} |")
+                     f"{_fmt(r['baseline'])} | {ratio} | {g} | {r['date']} |")
     for name, err in errors.items():
-        lines.append(f"| {name} | failed: {err.strip().splitlines()[-1][:150] if err.strip() else 'no output'} | | | | | |")
+        lines.append(f"| {name} | {err.strip().splitlines()[-1][:150] if err.strip() else 'no output'} | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -274,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-results", type=Path, default=RESULTS / "gpu_path.h200.json",
                     help="gpu_path.py's JSON from a lent GPU machine, for the GPU column")
     ap.add_argument("--readme", action="store_true", help="copy the table and plots into README.md")
+    ap.add_argument("--from-results", action="store_true",
+                    help="run nothing: report each benchmark's last full run stored in benchmarks/results/")
     ap.add_argument("--out", type=Path, default=None, help="where the report goes (default: benchmarks/results)")
     a = ap.parse_args(argv)
     wanted = [s for s in STEPS if not a.only or s.name in a.only.split(",")]
@@ -284,16 +301,23 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out or (RESULTS / "quick" if a.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     info, results, errors, t0 = machine(), {}, {}, time.perf_counter()
-    for step in wanted:
+    for step in wanted if a.from_results else []:
+        stored = RESULTS / f"{Path(step.script).stem}.json"
+        if stored.exists():
+            r = json.loads(stored.read_text())
+            results[step.name] = [{**r, "_measured": measured_on(r, stored)}]
+        else:
+            errors[step.name] = f"not run yet: python -m benchmarks --only {step.name}"
+    for step in wanted if not a.from_results else []:
         for i in range(a.repeat):
             print(f"[{time.perf_counter() - t0:6.0f} s] {step.name} ({i + 1}/{a.repeat})", flush=True)
             r = run_step(step, a.quick, a.artifacts, out / f"{step.name}.{i}.json")
             if "error" in r:
-                errors[step.name] = r["error"]
+                errors[step.name] = "failed: " + r["error"]
                 break
-            results.setdefault(step.name, []).append(r)
+            results.setdefault(step.name, []).append({**r, "_measured": measured_on(r)})
     rows = [row for step in wanted for row in aggregate(step.name, results.get(step.name, []))]
-    table = markdown(rows, info, gpu_column(a.gpu_results), errors, a.quick)
+    table = markdown(rows, info, gpu_column(a.gpu_results), errors, a.quick, stored=a.from_results)
     images = plots(results, out)
     (out / "summary.md").write_text(table)
     (out / "summary.json").write_text(json.dumps({"machine": info, "rows": rows, "errors": errors,
@@ -302,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         update_readme(table, images)
     print(table)
     print(f"wrote {out / 'summary.md'} and {', '.join(p.name for p in images)} in {time.perf_counter() - t0:.0f} s")
-    return 1 if errors else 0
+    return 1 if errors and not a.from_results else 0  # stored results: a benchmark not run yet is a note
 
 
 if __name__ == "__main__":
