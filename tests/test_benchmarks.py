@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 def test_quick_harness_writes_the_table_and_plots(smoke_run, tmp_path):
     out = tmp_path / "bench"
-    p = run([sys.executable, "-m", "benchmarks", "--quick", "--artifacts", str(smoke_run["artifacts"]), "--out", str(out)],
+    p = run(["lab2prod", "bench", "--quick", "--artifacts", str(smoke_run["artifacts"]), "--out", str(out)],
             env=smoke_run["env"], timeout=900, check=False)
     summary = json.loads((out / "summary.json").read_text())
     assert p.returncode == 0 and not summary["errors"], summary["errors"] or p.stderr[-3000:]

@@ -17,7 +17,7 @@ from .core import build_lineage, disable_telemetry, resolve_path, tracking_uri_f
 
 # %% auto #0
 __all__ = ['rebuild_engine', 'rollback', 'rollback_message', 'train', 'list_runs', 'reproduce_run', 'review', 'retrain',
-           'schedule', 'scale_command', 'main']
+           'schedule', 'bench', 'scale_command', 'main']
 
 # %% ../../nbs/07_cli.ipynb #2c2bf69a
 def rebuild_engine(artifacts_dir: str | os.PathLike, adapter_uri: str, version: str) -> Path:
@@ -203,6 +203,18 @@ def schedule(a: argparse.Namespace) -> int:
     return p.returncode
 
 
+def bench(args: list[str]) -> int:
+    "`lab2prod bench ...`: run the project's benchmark harness (benchmarks/ in the project folder) with `args`."
+    import subprocess
+
+    from lab2prod.core import pipeline_root
+    root = pipeline_root()
+    if not (root / "benchmarks" / "__main__.py").exists():
+        print(f"lab2prod bench: no benchmarks/ in {root}: run it from the lab2prod project folder", file=sys.stderr)
+        return 1
+    return subprocess.call([sys.executable, "-m", "benchmarks", *args], cwd=root)
+
+
 def scale_command(a: argparse.Namespace) -> int:
     "`lab2prod pod|export|remote`: the scale-out commands (lab2prod.scale); bad input exits 1 with the reason."
     from lab2prod import scale
@@ -281,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     re_.add_argument("url")
     re_.add_argument("--endpoint-url", default="", help="the S3 endpoint of an S3-compatible store (MinIO, SeaweedFS)")
     re_.add_argument("--root", default="", help="the project folder (default: the one holding pipeline.yaml)")
+    sub.add_parser("bench", help="the benchmark harness (python -m benchmarks --help): every benchmark, one table, plots")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its options are the harness's own: passed through whole
+        disable_telemetry()
+        return bench(argv[1:])
     a = ap.parse_args(argv)
     disable_telemetry()
     if a.command in ("pod", "export", "remote"):
