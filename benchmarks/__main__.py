@@ -47,7 +47,7 @@ STEPS = [
     Step("embedding", "embedding_speed.py", [], ["--repeats", "1", "--max-chunks", "96"]),
     Step("retrieval", "retrieval_quality.py", [], ["--corpora", "sample", "--backends", "torch"]),
     Step("query", "query_latency.py", [], ["--sizes", "1000"]),
-    Step("finetune", "finetune_speed.py", [], ["--steps", "1", "--variants", "fp32"]),
+    Step("finetune", "finetune_speed.py", [], ["--steps", "1", "--variants", "fp32"], needs_artifacts=True),
     Step("generation", "generation_speed.py", [], ["--quick", "--no-service"], needs_artifacts=True),
     Step("service", "service_load.py", [], ["--quick", "--ask-clients", "1", "8"], needs_artifacts=True),
 ]

@@ -80,13 +80,17 @@ def run_variant(variant: str, train: str, steps: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train", default=str(ROOT / "artifacts/data/train.jsonl"))
+    ap.add_argument("--train", default=None, help="training rows (default: the data task's of --artifacts)")
+    ap.add_argument("--artifacts", default=str(ROOT / "artifacts"), help="a pipeline run's artifacts folder")
     ap.add_argument("--steps", type=int, default=None, help="default: the default profile's train_steps")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # one variant, in a child process
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/finetune_speed.json"))
     a = ap.parse_args(argv)
-    from lab2prod.core import atomic_write_json, detect_hardware, get_profile
+    from lab2prod.core import atomic_write_json, detect_hardware, get_profile, stage_products
+    a.train = a.train or stage_products("data", a.artifacts)["train"]
+    if not Path(a.train).exists():
+        raise SystemExit(f"{a.train} is missing: run the pipeline first (make pipeline) or pass --train / --artifacts")
     steps = a.steps or get_profile("default").train_steps
     if a.variant:
         print(json.dumps(run_variant(a.variant, a.train, steps)))
