@@ -25,8 +25,10 @@ PLANTED_SECRETS = {"LAB2PROD_JUDGE_API_KEY": "sk-planted-judge-7f3a9c01d2", "DEP
 def run(args: list[str], env: dict | None = None, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
     "Run a command of the venv in the project root; on failure, or when it runs past `timeout`, show its output."
     try:
+        # `mlflow.set_tracking_uri` in a test exports MLFLOW_TRACKING_URI to this process: no command may inherit it
+        base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
         p = subprocess.run([str(BIN / args[0]) if (BIN / args[0]).exists() else args[0], *args[1:]], cwd=ROOT,
-                           env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+                           env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:  # say where it was: a pipeline build prints each task as it starts
         out = [(b or b"").decode(errors="replace") if isinstance(b, bytes) else (b or "") for b in (e.stdout, e.stderr)]
         raise AssertionError(f"{' '.join(args)} ran past {timeout} s:\n{out[0][-4000:]}\n{out[1][-6000:]}") from None

@@ -20,9 +20,9 @@ def art(tmp_path_factory):
 
 
 def registry(art) -> dict:
-    mlflow.set_tracking_uri(tracking_uri_for(art))
-    state = registry_state(mlflow.MlflowClient(), REGISTERED_MODEL)
-    state["versions"] = sorted(int(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name='{REGISTERED_MODEL}'"))
+    client = mlflow.MlflowClient(tracking_uri_for(art))  # not mlflow.set_tracking_uri: it exports the URI to children
+    state = registry_state(client, REGISTERED_MODEL)
+    state["versions"] = sorted(int(v.version) for v in client.search_model_versions(f"name='{REGISTERED_MODEL}'"))
     return state
 
 

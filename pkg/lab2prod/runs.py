@@ -672,7 +672,9 @@ def reproduce(run_id: str, artifacts_dir: str = "artifacts", tolerance: float = 
     out_dir = work / "artifacts"
     cmd = [str(Path(sys.executable).parent / "ploomber"), "build", "--env--artifacts_dir", str(out_dir),
            "--env--tracking_uri", "", *args]
-    proc_env = {k: v for k, v in os.environ.items() if k != RUN_ENV} | {"PYTHONPATH": str(checkout / "pkg")}
+    # its own SQLite store: a reproduction never registers into (or is gated against) the tracking server's registry
+    proc_env = ({k: v for k, v in os.environ.items() if k not in (RUN_ENV, "MLFLOW_TRACKING_URI")}
+                | {"PYTHONPATH": str(checkout / "pkg")})
     proc = subprocess.run(cmd, cwd=checkout, env=proc_env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"the reproduction failed (kept in {work}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
