@@ -9,10 +9,11 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN apt-get update && apt-get install -y --no-install-recommends cmake g++ make git \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /project
+ENV PIP_NO_CACHE_DIR=1
 COPY requirements.lock pyproject.toml settings.ini Makefile ./
 RUN python3.11 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 --index-url ${TORCH_INDEX}
 COPY . .
-RUN make install && rm -rf /root/.cache/pip
+RUN make install
 ENV PATH=/project/.venv/bin:$PATH PLOOMBER_STATS_ENABLED=false PLOOMBER_VERSION_CHECK_DISABLED=true \
     ANONYMIZED_TELEMETRY=False BENTOML_DO_NOT_TRACK=True DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1
 CMD ["lab2prod", "--help"]
