@@ -346,7 +346,8 @@ class Run:
 async def _run_clients(n_clients: int, requests: list, send, duration_s: float | None, rotate: bool, base_url: str,
                        timeout: float) -> Run:
     import httpx
-    limits = httpx.Limits(max_connections=n_clients + 4, max_keepalive_connections=n_clients + 4)
+    # llama-server closes a keep-alive connection idle for 5 s; one reused as it closes fails the request for nothing
+    limits = httpx.Limits(max_connections=n_clients + 4, max_keepalive_connections=n_clients + 4, keepalive_expiry=2)
     results: list[Result] = []
     async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as client:
         t0 = time.perf_counter()

@@ -1,6 +1,9 @@
-"""Decode speed of the served engine (llama-server with the LoRA adapter) against plain llama.cpp on the same weights.
+"""Decode speed of the served engine (llama-server with the LoRA adapter) against plain llama.cpp on the bundled weights.
 
-Everything runs on the bundled GGUF model and the adapter of an artifacts folder (default: ./artifacts, the pipeline's run).
+The baseline runs the bundled GGUF file (SmolLM2-135M-Instruct, 4-bit Q4_1) as a user would; ours is what the engine
+folder of an artifacts folder serves (default: ./artifacts, the pipeline's run): the same model rewritten in the
+engine's weight format (engine.json `quant`, 8-bit Q8_0 by default) with the LoRA adapter applied at run time.
+llama-bench also runs on the served file, so the share of the difference that is the weight format shows.
 
 (a) Baseline, one stream: `llama-bench -m <gguf> -t <cores> -p 64 -n 128 -r 3 -o json` -> tg128 tokens/s.
 (b) Ours, one stream: `start_llama_server(gguf, lora_file=<engine>/adapter.gguf)` with the engine's slots and context,
@@ -203,7 +206,10 @@ def main(a: argparse.Namespace) -> dict:
     art = Path(a.artifacts)
     engine_dir = Path(served_manifest_for(art).engine_dir)  # what the service serves
     spec = read_engine_spec(engine_dir)
+    # the baseline runs the bundled GGUF file as a user would; ours serves the engine folder's file (the base model in
+    # the engine's weight format, spec.quant) with the adapter, as the service does
     gguf, lora, cores = bundled_gguf(), engine_dir / spec.adapter_gguf, len(os.sched_getaffinity(0))
+    served = engine_dir / spec.base_gguf if spec.base_gguf else gguf
     info = machine_info() | {"load_avg_before": os.getloadavg()}
     t_start = time.perf_counter()
     service = None if a.no_service else Service(art).start()  # it loads while the prompts are built
@@ -218,8 +224,8 @@ def main(a: argparse.Namespace) -> dict:
         progress(f"{len(rag)} RAG prompts of {min(lens)}-{max(lens)} tokens (mean {sum(lens) / len(lens):.0f}) from a pool of "
                  f"{len(pool)} questions{'' if need <= len(pool) else f' (reused: the runs need {need})'}; "
                  f"short prompt {len(short)} tokens")
-        ours = start_llama_server(gguf, lora, parallel=spec.parallel, ctx_per_slot=spec.ctx_per_slot)
-        plain = start_llama_server(gguf, None, parallel=spec.parallel, ctx_per_slot=spec.ctx_per_slot)
+        ours = start_llama_server(served, lora, parallel=spec.parallel, ctx_per_slot=spec.ctx_per_slot)
+        plain = start_llama_server(served, None, parallel=spec.parallel, ctx_per_slot=spec.ctx_per_slot)
         servers += [ours, plain]
         # the baseline as a user would start it; then, if the RAG prompts do not fit its slots, with room for them
         exe = find_llama_tool("llama-server")
@@ -261,6 +267,7 @@ def main(a: argparse.Namespace) -> dict:
         # (a) llama-bench and (b) one stream, alternating
         whole, load = OtherLoad().start(), OtherLoad().start()
         bench = llama_bench(gguf, cores, a.bench_prompt, a.tokens, a.repeats)
+        served_bench = bench if served == gguf else llama_bench(served, cores, a.bench_prompt, a.tokens, a.repeats)
         lora_tps, plain_tps = [], []
         for url in (ours.url, plain.url):  # warm-up
             one_stream(url, short, 8)
@@ -268,7 +275,7 @@ def main(a: argparse.Namespace) -> dict:
             lora_tps.append(one_stream(ours.url, short, a.tokens))
             plain_tps.append(one_stream(plain.url, short, a.tokens))
         tg = bench[f"tg{a.tokens}_tokens_per_s"]
-        single = {"llama_bench": bench, "prompt_tokens": len(short), "n_predict": a.tokens,
+        single = {"llama_bench": bench, "llama_bench_served_file": served_bench, "prompt_tokens": len(short), "n_predict": a.tokens,
                   "ours_lora_tokens_per_s": round(statistics.median(lora_tps), 2),
                   "ours_no_lora_tokens_per_s": round(statistics.median(plain_tps), 2),
                   "runs": {"lora": [round(x, 2) for x in lora_tps], "no_lora": [round(x, 2) for x in plain_tps]},
@@ -320,7 +327,7 @@ def main(a: argparse.Namespace) -> dict:
         if service:
             service.close()
     res = {"machine": info | {"load_avg_after": os.getloadavg()}, "quick": a.quick, "artifacts": shown_path(art),
-           "model": gguf.name, "adapter": str(lora), "engine": {"parallel": spec.parallel, "ctx_per_slot": spec.ctx_per_slot},
+           "model": gguf.name, "served_model": f"{served.name} ({spec.quant})", "adapter": lora.name, "engine": {"parallel": spec.parallel, "ctx_per_slot": spec.ctx_per_slot},
            "settings": {k: v for k, v in vars(a).items() if k not in ("out", "artifacts")},
            "service_startup_s": service.startup_s if service else None, "one_stream": single, "baseline_as_user": as_user,
            "concurrency": conc, "other_cores_busy": other, "warning": contention_note(other, cores),
@@ -335,6 +342,9 @@ def print_table(res: dict) -> None:
     print(f"\none stream, {s['n_predict']} tokens (tokens/s): llama-bench {s['llama_bench'][next(k for k in s['llama_bench'] if k.startswith('tg'))]}"
           f" | ours+adapter {s['ours_lora_tokens_per_s']} ({s['ratio_lora_vs_llama_bench']}x)"
           f" | ours, no adapter {s['ours_no_lora_tokens_per_s']} ({s['ratio_no_lora_vs_llama_bench']}x); adapter cost {s['adapter_cost']}x")
+    served = s.get("llama_bench_served_file") or {}
+    print(f"llama-bench on the served file ({res.get('served_model')}): "
+          + ", ".join(f"{k} {v}" for k, v in served.items() if k.endswith("tokens_per_s")))
     print("\n| clients | target | tokens/s | vs baseline | requests/s | mean ttft s | ttft vs baseline | prompt tokens | "
           "cache hit | errors |\n|---|---|---|---|---|---|---|---|---|---|")
     for c, level in res["concurrency"].items():

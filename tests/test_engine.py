@@ -49,9 +49,11 @@ def greedy_tokens(engine, tok, prompts=AGREEMENT_PROMPTS, n=N_TOKENS) -> list[li
 
 
 def test_served_engine_keeps_the_adapter_and_agrees_with_the_merged_model(engine_dir, strong_adapter):
-    """llama.cpp with the adapter applied at run time against transformers with the adapter merged (fp32): measured
-    here, 5 or 6 of 6 prompts identical over 16 greedy tokens (llama.cpp quantizes activations to 8 bits, so an
-    exact match is not guaranteed). The adapter must matter: the reference with it differs from the one without."""
+    """llama.cpp (the base in 8-bit Q8_0, the adapter applied at run time) against transformers with the adapter merged
+    (fp32, from the same bundled 4-bit file): measured here, 4 of 6 prompts identical over 16 greedy tokens, shared
+    prefixes 16/10/16/16/13/7 (a 4-bit file served as is gave 5 of 6, in F16 6 of 6: Q8_0 re-rounds the weights and
+    llama.cpp quantizes activations to 8 bits, so an exact match is not guaranteed; Q8_0 is served for its speed,
+    benchmarks/README.md). The adapter must matter: the reference with it differs from the one without."""
     served = load_engine(engine_dir)
     try:
         assert served.name == "llama.cpp" and served.describe()["lora"] is True
@@ -68,7 +70,9 @@ def test_served_engine_keeps_the_adapter_and_agrees_with_the_merged_model(engine
     assert len(changed) >= 2, "the test adapter must change the model's answers"
     identical = sum(a == b for a, b in zip(ours, ref))
     print(f"identical over {N_TOKENS} tokens: {identical}/{len(ref)}; adapter changed {len(changed)} prompts")
-    assert identical >= 4, (identical, [common_prefix(a, b) for a, b in zip(ours, ref)])
+    shared = [common_prefix(a, b) for a, b in zip(ours, ref)]
+    # one prompt of slack below what was measured: another CPU's int8 kernels sum in another order
+    assert identical >= 3 and sum(shared) / len(shared) >= 12, (identical, shared)
     # on the prompts the adapter changes, the served engine follows the adapted model, not the base one
     assert sum(common_prefix(ours[i], ref[i]) > common_prefix(ours[i], without[i]) for i in changed) >= len(changed) - 1
     # without the adapter, the same server answers as the base model does

@@ -36,12 +36,12 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'REDTEAM_CATEGORIES', 'FORMATS', 'MIN_CHARS', 'NOT_PROSE', 'TRAIN_RECIPES', 'Document', 'Chunk', 'QAPair',
            'RedTeamPrompt', 'TrainExample', 'Rejection', 'validate_records', 'Rejected', 'list_files', 'decode_bytes',
-           'html_to_markdown', 'pdf_to_text', 'read_document', 'normalize_text', 'find_boilerplate', 'strip_lines',
-           'text_sha256', 'minhash', 'find_duplicates', 'split_sections', 'split_blocks', 'TokenCounter',
-           'split_long_block', 'overlap_tail', 'pack_blocks', 'chunk_id', 'embed_text', 'chunk_document',
-           'ingest_corpus', 'ensure_usable', 'table_facts', 'sentence_facts', 'question_key', 'topic_examples',
-           'build_train_examples', 'fact_examples', 'load_golden', 'load_feedback', 'write_parquet', 'dataset_stats',
-           'write_data_products', 'run_data_stage', 'duplicate_clusters', 'chunk_browser']
+           'page_title', 'main_content', 'html_to_markdown', 'pdf_to_text', 'read_document', 'normalize_text',
+           'find_boilerplate', 'strip_lines', 'text_sha256', 'minhash', 'find_duplicates', 'split_sections',
+           'split_blocks', 'TokenCounter', 'split_long_block', 'overlap_tail', 'pack_blocks', 'chunk_id', 'embed_text',
+           'chunk_document', 'ingest_corpus', 'ensure_usable', 'table_facts', 'sentence_facts', 'question_key',
+           'topic_examples', 'build_train_examples', 'fact_examples', 'load_golden', 'load_feedback', 'write_parquet',
+           'dataset_stats', 'write_data_products', 'run_data_stage', 'duplicate_clusters', 'chunk_browser']
 
 # %% ../../nbs/01_data.ipynb #cf34ff41
 class Document(BaseModel):
@@ -69,6 +69,8 @@ class QAPair(BaseModel):
     question: str = Field(min_length=3, max_length=2000)
     answer: str = Field(min_length=1)
     source: str
+    sources: list[str] = Field(default_factory=list, description="every document that answers it (a page that "
+                               "repeats the answer counts as a hit too); empty: only `source`")
 
     @field_validator("question", "answer")
     @classmethod
@@ -172,18 +174,70 @@ def decode_bytes(data: bytes) -> tuple[str, str]:
     return data.decode("latin-1"), "latin-1"
 
 
+_NAV_TAGS = ["script", "style", "nav", "header", "footer", "aside", "noscript", "form", "svg", "button", "input",
+             "select", "template", "iframe"]
+_NAV_ROLES = {"navigation", "search", "contentinfo", "banner", "complementary", "menu", "menubar"}
+# class or id words that site themes (Sphinx, MkDocs, Docusaurus, hand-made sites) give their navigation
+_NAV_WORDS = re.compile(r"(?:^|[-_ ])(?:nav|navbar|navigation|sidebar|sphinxsidebar|sphinxsidebarwrapper|related|breadcrumbs?|"
+                        r"footer|header|menu|mainmenu|submenu|searchmenu|searchbox|toc|toctree-wrapper|headerlink|"
+                        r"skip-link|prev-next|pager|edit-this-page|copyright|cookie)(?:$|[-_ ])", re.I)
+_TITLE_SEPARATORS = re.compile(r"\s+(?:—|–|\||::|·|-)\s+")
+
+
+def page_title(soup) -> str:
+    "The page's own title: `<title>` without the site name after a separator ('Page — Site (2.2.x)' -> 'Page')."
+    raw = soup.title.get_text(" ", strip=True) if soup.title else ""
+    return _TITLE_SEPARATORS.split(raw)[0].strip() if raw else ""
+
+
+def _is_navigation(tag, page_chars: int) -> bool:
+    "Site chrome by tag, ARIA role, or class/id words; never an element that holds most of the page."
+    words = " ".join([*(tag.get("class") or []), tag.get("id") or ""])
+    if not (tag.name in _NAV_TAGS or (tag.get("role") or "").lower() in _NAV_ROLES or _NAV_WORDS.search(words)):
+        return False
+    return len(tag.get_text()) < 0.5 * page_chars  # a theme that wraps the whole page in "nav-content" keeps it
+
+
+def main_content(soup):
+    "The element holding the page's content (`<main>`, role=main, `<article>`), else the body."
+    body = soup.body or soup
+    total = len(body.get_text())
+    for found in (soup.find("main"), soup.find(attrs={"role": "main"}), soup.find("article")):
+        if found is not None and len(found.get_text()) >= 0.3 * total:
+            return found
+    return body
+
+
 def html_to_markdown(html: str) -> str:
-    "Visible text of an HTML page, headings as Markdown headings; scripts and navigation dropped."
+    """Visible text of an HTML page's content as Markdown: the page title as `# title` (when the content has no
+    top heading), headings as headings, code as fenced blocks, table cells separated; site navigation, sidebars,
+    search boxes, footers, scripts and styles dropped."""
     from bs4 import BeautifulSoup
     soup = BeautifulSoup(html, "html.parser")
-    for tag in soup(["script", "style", "nav", "header", "footer", "aside", "noscript", "form", "svg"]):
-        tag.decompose()
-    for level in range(1, 7):
-        for h in soup.find_all(f"h{level}"):
-            h.replace_with(f"\n\n{'#' * level} {h.get_text(' ', strip=True)}\n\n")
-    for block in soup.find_all(["p", "li", "tr", "pre", "div", "br"]):
+    title = page_title(soup)
+    root = main_content(soup)
+    page_chars = len(root.get_text())
+    for tag in root.find_all(True):
+        if not tag.decomposed and _is_navigation(tag, page_chars):
+            tag.decompose()
+    for pre in root.find_all("pre"):
+        pre.replace_with(f"\n\n```\n{pre.get_text().strip(chr(10))}\n```\n\n")
+    for dt in root.find_all("dt", class_="sig"):  # an API entry's signature (Sphinx): a heading of its own
+        depth = len(dt.find_parents("dl"))
+        signature = re.sub(r"\s+", " ", dt.get_text("")).strip()
+        dt.replace_with(f"\n\n{'#' * min(6, 4 + depth)} {signature[:120]}\n\n")
+    first = root.find(re.compile("^h[1-6]$"))
+    # a page whose headings do not start with its title (a hand-made manual) gets the title above them, one level up
+    shift = int(bool(title) and (first is None or first.get_text(" ", strip=True).rstrip("¶ ") != title))
+    for level in range(6, 0, -1):
+        for h in root.find_all(f"h{level}"):
+            h.replace_with(f"\n\n{'#' * min(6, level + shift)} {h.get_text(' ', strip=True)}\n\n")
+    for cell in root.find_all(["td", "th"]):
+        cell.insert_after(" | ")
+    for block in root.find_all(["p", "li", "tr", "div", "br", "dd", "dt", "section", "table", "blockquote"]):
         block.insert_after("\n")
-    return (soup.body or soup).get_text()
+    text = root.get_text()
+    return f"# {title}\n\n{text}" if shift else text
 
 
 def pdf_to_text(path: Path) -> str:

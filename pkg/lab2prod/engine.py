@@ -39,14 +39,19 @@ from lab2prod.core import (
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'LLAMA_CPP_SOURCE', 'LLAMA_TOOLS', 'AGREEMENT_PROMPTS', 'llama_cpp_dir', 'find_llama_tool', 'install_llama_cpp',
-           'export_lora_gguf', 'export_base_gguf', 'Generation', 'Engine', 'TransformersEngine', 'free_port',
-           'EngineServer', 'start_llama_server', 'EngineError', 'PromptTooLong', 'LlamaCppEngine', 'VllmEngine',
-           'EngineSpec', 'read_engine_spec', 'load_engine', 'common_prefix', 'greedy_agreement', 'prepare_engine']
+__all__ = ['log', 'LLAMA_CPP_SOURCE', 'LLAMA_TOOLS', 'ENGINE_QUANT', 'AGREEMENT_PROMPTS', 'llama_cpp_dir', 'find_llama_tool',
+           'install_llama_cpp', 'export_lora_gguf', 'requantize_gguf', 'export_base_gguf', 'Generation', 'Engine',
+           'TransformersEngine', 'free_port', 'EngineServer', 'start_llama_server', 'EngineError', 'PromptTooLong',
+           'LlamaCppEngine', 'VllmEngine', 'EngineSpec', 'read_engine_spec', 'same_model', 'load_engine',
+           'common_prefix', 'greedy_agreement', 'prepare_engine']
 
 # %% ../../nbs/03c_engine.ipynb #7d329920
 LLAMA_CPP_SOURCE = "llama-cpp-python==0.3.36"  # an sdist whose vendor/llama.cpp is llama.cpp's whole source tree
-LLAMA_TOOLS = ("llama-server", "llama-bench")
+LLAMA_TOOLS = ("llama-server", "llama-bench", "llama-quantize")
+# The weight format llama.cpp serves. Measured on the bundled SmolLM2-135M (2-core EPYC, llama-bench, 512-token
+# prompt + 128 generated, the RAG shape): Q4_1 (the bundled file) 470 prompt / 170 decode tokens/s, Q8_0 1,000 / 187,
+# F16 1,260 / 134. Prefill dominates a RAG request, so Q8_0 answers one about 1.5x sooner than Q4_1 (benchmarks/README.md).
+ENGINE_QUANT = "Q8_0"
 
 
 def llama_cpp_dir(prefix: str | os.PathLike | None = None) -> Path:
@@ -86,7 +91,7 @@ def _fetch_source(source: str, dest: Path) -> Path:
 
 
 def _cmake_build(src: Path, jobs: int) -> Path:
-    "Configure and build llama.cpp's server and bench for this CPU; returns the folder of the binaries."
+    "Configure and build llama.cpp's server, bench and quantizer for this CPU; returns the folder of the binaries."
     flags = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF",
              "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"]
     subprocess.run(["cmake", "-S", str(src), "-B", str(src / "build"), *flags], check=True, capture_output=True)
@@ -144,18 +149,33 @@ def export_lora_gguf(adapter_dir: str | os.PathLike, base_model: str, out_file: 
     return out_file
 
 
-def export_base_gguf(base_model: str, out_file: str | os.PathLike, outtype: str = "q8_0") -> Path:
-    "The base model as a GGUF file for llama.cpp: the file itself when it is one, else a conversion."
+def requantize_gguf(src: str | os.PathLike, out_file: str | os.PathLike, quant: str = ENGINE_QUANT) -> Path:
+    "`src` rewritten in llama.cpp's weight format `quant` (Q8_0, F16, ...) by llama.cpp's own quantizer."
+    exe = find_llama_tool("llama-quantize")
+    if exe is None:
+        raise FileNotFoundError("llama.cpp's quantizer is not installed: run `make install` (it builds llama-quantize)")
+    out_file = Path(out_file)
+    part = out_file.with_name(f".{out_file.name}.tmp")
+    p = subprocess.run([str(exe), "--allow-requantize", str(src), str(part), quant.upper()], capture_output=True, text=True)
+    if p.returncode:
+        part.unlink(missing_ok=True)
+        raise RuntimeError(f"llama-quantize {quant} failed on {src}:\n{(p.stdout + p.stderr)[-2000:]}")
+    os.replace(part, out_file)
+    return out_file
+
+
+def export_base_gguf(base_model: str, out_file: str | os.PathLike, outtype: str = ENGINE_QUANT) -> Path:
+    "The base model as a GGUF file in format `outtype` for llama.cpp: requantized when it is a GGUF file, else converted."
     spec = resolve_model("llm", base_model)
     if spec.gguf_file:
-        return Path(spec.location) / spec.gguf_file
+        return requantize_gguf(Path(spec.location) / spec.gguf_file, out_file, outtype)
     out_file = Path(out_file)
     with tempfile.TemporaryDirectory() as tmp:
         model, tok = load_model("llm", base_model)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         part = out_file.with_name(f".{out_file.name}.tmp")
-        _run_converter("convert_hf_to_gguf.py", [tmp, "--outfile", str(part), "--outtype", outtype])
+        _run_converter("convert_hf_to_gguf.py", [tmp, "--outfile", str(part), "--outtype", outtype.lower()])
         os.replace(part, out_file)
     return out_file
 
@@ -611,7 +631,8 @@ class EngineSpec(BaseModel):
     "The served engine's recipe (engine.json), written by the `engine` task."
     backend: str = Field("auto", description="generation_backend as configured; resolved again where it is loaded")
     base_model: str = Field("bundled", description="the LLM the adapter was trained on")
-    base_gguf: str | None = Field(None, description="base model converted for llama.cpp, when it was not a GGUF file")
+    base_gguf: str | None = Field(None, description="the base model in the format llama.cpp serves, relative to the engine folder")
+    quant: str = Field(ENGINE_QUANT, description="llama.cpp weight format of base_gguf")
     adapter: str | None = Field(None, description="the peft adapter folder, relative to the engine folder")
     adapter_gguf: str | None = Field(None, description="the adapter for llama.cpp, relative to the engine folder")
     adapter_version: str | None = Field(None, description="registry version of the adapter")
@@ -627,6 +648,14 @@ def read_engine_spec(engine_dir: str | os.PathLike) -> EngineSpec:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run the engine task (ploomber build --partially engine)")
     return EngineSpec.model_validate_json(path.read_text())
+
+
+def same_model(a: str, b: str) -> bool:
+    "Whether two base-model settings name the same model (a Bento's copy of the bundled file is the bundled model)."
+    ra, rb = resolve_model("llm", a), resolve_model("llm", b)
+    if ra.gguf_file or rb.gguf_file:
+        return ra.gguf_file == rb.gguf_file
+    return Path(ra.location).resolve() == Path(rb.location).resolve()
 
 
 def load_engine(engine_dir: str | os.PathLike, backend: str | None = None, base_model: str | None = None) -> Engine:
@@ -646,11 +675,16 @@ def load_engine(engine_dir: str | os.PathLike, backend: str | None = None, base_
     if chosen == "vllm":
         return VllmEngine(VllmEngine.start(base, adapter), tok, {**info, "device": "cuda", "precision": "auto",
                                                                   "served_model": "adapter" if adapter else "base"})
-    gguf = engine_dir / spec.base_gguf if spec.base_gguf and base_model is None else export_base_gguf(base, engine_dir / "base.gguf")
+    if spec.base_gguf and (base_model is None or same_model(base_model, spec.base_model)):
+        gguf = engine_dir / spec.base_gguf
+    else:  # another base than the folder was prepared for: converted once into a scratch folder, never into the engine's
+        scratch = Path(tempfile.gettempdir()) / "lab2prod-engine"
+        scratch.mkdir(exist_ok=True)
+        gguf = export_base_gguf(base, scratch / f"{hashlib.sha256(base.encode()).hexdigest()[:12]}-{spec.quant}.gguf", spec.quant)
     lora = engine_dir / spec.adapter_gguf if spec.adapter_gguf else None
     parallel = int(os.environ.get("LAB2PROD_ENGINE_PARALLEL", spec.parallel))
     server = start_llama_server(gguf, lora, parallel=parallel, ctx_per_slot=spec.ctx_per_slot)
-    return LlamaCppEngine(server, tok, {**info, "device": "cpu", "precision": Path(gguf).stem.rsplit(".", 1)[-1],
+    return LlamaCppEngine(server, tok, {**info, "device": "cpu", "precision": spec.quant,
                                         "parallel": parallel, "lora": lora is not None})
 
 # %% ../../nbs/03c_engine.ipynb #7ddc6dc5
@@ -681,7 +715,7 @@ def greedy_agreement(engine: Engine, reference: Engine, prompts: list[str] = AGR
 # %% ../../nbs/03c_engine.ipynb #f2edb9db
 def prepare_engine(engine_dir: str | os.PathLike, base_model: str = "bundled", adapter_dir: str | os.PathLike | None = None,
                    backend: str = "auto", adapter_version: str | None = None) -> EngineSpec:
-    "Write the engine folder: tokenizer, adapter (and its GGUF), base GGUF when needed, engine.json."
+    "Write the engine folder: tokenizer, adapter (and its GGUF), the base model as the GGUF llama.cpp serves, engine.json."
     engine_dir = Path(engine_dir)
     engine_dir.mkdir(parents=True, exist_ok=True)
     (engine_dir / "engine.json").unlink(missing_ok=True)  # unfinished until engine.json is written again
@@ -693,7 +727,6 @@ def prepare_engine(engine_dir: str | os.PathLike, base_model: str = "bundled", a
         shutil.copytree(adapter_dir, engine_dir / "adapter")
         export_lora_gguf(adapter_dir, base_model, engine_dir / "adapter.gguf")
         spec.adapter, spec.adapter_gguf = "adapter", "adapter.gguf"
-    if not resolve_model("llm", base_model).gguf_file:
-        spec.base_gguf = export_base_gguf(base_model, engine_dir / "base.gguf").name
+    spec.base_gguf = export_base_gguf(base_model, engine_dir / "base.gguf", spec.quant).name
     atomic_write_json(engine_dir / "engine.json", spec.model_dump())
     return spec

@@ -14,11 +14,13 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, Field
 
 from lab2prod.core import (
     Progress,
@@ -33,11 +35,12 @@ from lab2prod.core import (
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'BACKENDS', 'COLLECTION', 'MANIFEST', 'MODES', 'CANDIDATES', 'embed_texts', 'chunk_embed_texts',
-           'pooled_encoder', 'model_folder', 'export_onnx_embedder', 'OnnxEmbedder', 'Bf16Embedder', 'load_embedder',
-           'query_backend_for', 'chroma_client', 'open_collection', 'sync_collection', 'tokenize_for_bm25',
-           'build_bm25', 'rrf', 'Hit', 'IndexError_', 'read_manifest', 'verify_index', 'Retriever', 'data_fingerprint',
-           'build_index', 'check_skew', 'evaluate_retrieval', 'retrieval_explorer']
+__all__ = ['log', 'BACKENDS', 'COLLECTION', 'MANIFEST', 'MODES', 'CANDIDATES', 'FUSIONS', 'LEGACY_SETTINGS', 'embed_texts',
+           'chunk_embed_texts', 'pooled_encoder', 'model_folder', 'export_onnx_embedder', 'OnnxEmbedder',
+           'Bf16Embedder', 'load_embedder', 'query_backend_for', 'chroma_client', 'open_collection', 'sync_collection',
+           'tokenize_for_bm25', 'build_bm25', 'chunk_bm25_texts', 'minmax', 'score_fusion', 'rrf', 'Hit', 'IndexError_',
+           'RetrievalSettings', 'read_manifest', 'verify_index', 'Retriever', 'data_fingerprint', 'build_index',
+           'check_skew', 'evaluate_retrieval', 'explain_cell', 'retrieval_explorer']
 
 # %% ../../nbs/02_index.ipynb #33154c28
 def embed_texts(model, texts: list[str], batch_size: int = 32) -> np.ndarray:
@@ -307,6 +310,26 @@ def build_bm25(texts: list[str]):
     return bm
 
 
+def chunk_bm25_texts(df: pd.DataFrame, heading_weight: int = 2) -> list[str]:
+    "The text BM25 indexes for each chunk row: the heading path `heading_weight` times, then the body."
+    return ["\n".join([h] * heading_weight + [t]) if h else t for h, t in zip(df.heading, df.text)]
+
+
+def minmax(scores: list[float]) -> list[float]:
+    "Scores scaled to [0, 1] over one candidate list (all 1 when they are equal)."
+    lo, hi = min(scores, default=0.0), max(scores, default=0.0)
+    return [1.0 if hi == lo else (s - lo) / (hi - lo) for s in scores]
+
+
+def score_fusion(dense: list[tuple[int, float]], lexical: list[tuple[int, float]], dense_weight: float = 0.5) -> list[tuple[int, float]]:
+    "Weighted sum of min-max scaled scores of two best-first `(row, score)` lists; a row one list lacks gets 0 there."
+    fused: dict[int, float] = {}
+    for weight, ranked in ((dense_weight, dense), (1.0 - dense_weight, lexical)):
+        for (row, _), s in zip(ranked, minmax([s for _, s in ranked])):
+            fused[row] = fused.get(row, 0.0) + weight * s
+    return sorted(fused.items(), key=lambda x: (-x[1], x[0]))
+
+
 def rrf(rankings: list[list[int]], k: int = 60) -> list[tuple[int, float]]:
     "Reciprocal-rank fusion of several best-first lists of row numbers: `(row, score)` best first."
     scores: dict[int, float] = {}
@@ -324,6 +347,7 @@ class Hit:
     score: float
     chunk_id: str = ""
     heading: str = ""
+    explain: dict = field(default_factory=dict)  # each retriever's rank (1-based) and score for this chunk, and the fusion
 
     def to_dict(self) -> dict: return {"source": self.source, "text": self.text, "score": self.score}
 
@@ -335,6 +359,19 @@ class IndexError_(RuntimeError):
 MANIFEST = "manifest.json"
 MODES = ("dense", "lexical", "hybrid")
 CANDIDATES = 100  # hits taken from each retriever before fusion (deeper lists fuse better; see benchmarks/)
+FUSIONS = ("score", "rrf")
+
+
+class RetrievalSettings(BaseModel):
+    "How an index ranks (env.yaml's retrieval keys), kept in its manifest so every reader ranks the same way."
+    fusion: Literal["score", "rrf"] = Field("score", description="hybrid: score (weighted min-max scores) | rrf")
+    dense_weight: float = Field(0.5, ge=0.0, le=1.0, description="weight of the embedding score in score fusion")
+    heading_weight: int = Field(2, ge=0, le=8, description="times the heading path counts in a chunk's BM25 text")
+    candidates: int = Field(CANDIDATES, ge=10, le=1000, description="hits taken from each retriever before fusion")
+
+
+# an index built before these settings existed ranks as it did then
+LEGACY_SETTINGS = {"fusion": "rrf", "heading_weight": 1}
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lab2prod-bm25")
 
 
@@ -374,9 +411,10 @@ class Retriever:
     "Hybrid dense + BM25 retrieval over an index folder built by the index stage."
 
     def __init__(self, index_dir: Path, manifest: dict, collection, chunks: pd.DataFrame, embedder, bm25,
-                 mode: str = "hybrid"):
+                 mode: str = "hybrid", settings: RetrievalSettings | None = None):
         if mode not in MODES:
             raise ValueError(f"retrieval_mode {mode!r} is unknown; use one of {MODES}")
+        self.settings = settings or RetrievalSettings(**manifest.get("retrieval", LEGACY_SETTINGS))
         self.index_dir, self.manifest, self.collection, self.chunks = index_dir, manifest, collection, chunks
         self.embedder, self.bm25, self.mode = embedder, bm25, mode
         self._row = {c: i for i, c in enumerate(chunks.chunk_id)}
@@ -407,7 +445,8 @@ class Retriever:
             self._vectors.clear()
 
     @classmethod
-    def load(cls, index_dir: str | os.PathLike, mode: str | None = None, embedder=None) -> "Retriever":
+    def load(cls, index_dir: str | os.PathLike, mode: str | None = None, embedder=None,
+             settings: RetrievalSettings | None = None) -> "Retriever":
         "Open the index in `index_dir`, refusing one that does not match its manifest."
         index_dir = Path(index_dir)
         manifest, collection, chunks = verify_index(index_dir)
@@ -417,7 +456,8 @@ class Retriever:
         if backend != manifest.get("embedding_backend", "torch"):
             log.info("queries are embedded with %s: the index's %s is slow on this CPU", backend, manifest["embedding_backend"])
         embedder = embedder or load_embedder(manifest["embedding_model"], backend, index_dir / "embedder")
-        return cls(index_dir, manifest, collection, chunks, embedder, bm, mode or manifest.get("retrieval_mode", "hybrid"))
+        return cls(index_dir, manifest, collection, chunks, embedder, bm, mode or manifest.get("retrieval_mode", "hybrid"),
+                   settings)
 
     def __len__(self) -> int: return len(self.chunks)
 
@@ -428,33 +468,60 @@ class Retriever:
             raise ValueError(f"k={k} is larger than the collection ({len(self)} chunks)")
         return k
 
+    def dense_scored(self, query: str, n: int) -> list[tuple[int, float]]:
+        "`(row, cosine similarity)` of the `n` nearest chunks by embedding, best first."
+        q = self.embed_query(query)
+        res = self.collection.query(query_embeddings=q, n_results=n, include=["distances"])
+        return [(self._row[i], 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0]) if i in self._row]
+
+    def lexical_scored(self, query: str, n: int) -> list[tuple[int, float]]:
+        "`(row, BM25 score)` of the `n` best BM25 matches, best first (chunks sharing no term are left out)."
+        docs, scores = self.bm25.retrieve(tokenize_for_bm25([query]), k=min(n, len(self)), show_progress=False)
+        return [(int(d), float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
+
     def dense_rows(self, query: str, n: int) -> list[int]:
         "Row numbers of the `n` nearest chunks by embedding."
-        q = self.embed_query(query)
-        res = self.collection.query(query_embeddings=q, n_results=n, include=[])
-        return [self._row[i] for i in res["ids"][0] if i in self._row]
+        return [r for r, _ in self.dense_scored(query, n)]
 
     def lexical_rows(self, query: str, n: int) -> list[int]:
         "Row numbers of the `n` best BM25 matches (chunks sharing no term are left out)."
-        docs, scores = self.bm25.retrieve(tokenize_for_bm25([query]), k=n, show_progress=False)
-        return [int(d) for d, s in zip(docs[0], scores[0]) if s > 0]
+        return [r for r, _ in self.lexical_scored(query, n)]
+
+    def rank(self, query: str, n: int) -> tuple[list[tuple[int, float]], dict[str, dict[int, tuple[int, float]]]]:
+        "The fused ranking `(row, score)` of up to `n` candidates per retriever, and each retriever's `row -> (rank, score)`."
+        lists: dict[str, list[tuple[int, float]]] = {}
+        if self.mode == "lexical":
+            lists["lexical"] = self.lexical_scored(query, n)
+        elif self.mode == "dense":
+            lists["dense"] = self.dense_scored(query, n)
+        else:  # the two retrievers release the GIL in native code, so they overlap
+            lexical = _POOL.submit(self.lexical_scored, query, n)
+            lists["dense"] = self.dense_scored(query, n)
+            lists["lexical"] = lexical.result()
+        if self.mode != "hybrid":
+            ranked = next(iter(lists.values()))
+        elif self.settings.fusion == "score":
+            ranked = score_fusion(lists["dense"], lists["lexical"], self.settings.dense_weight)
+        else:
+            ranked = rrf([[r for r, _ in lists["dense"]], [r for r, _ in lists["lexical"]]])
+        per = {name: {row: (i + 1, s) for i, (row, s) in enumerate(lst)} for name, lst in lists.items()}
+        return ranked, per
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
-        "The `k` best chunks for `query`, best first."
+        "The `k` best chunks for `query`, best first; each hit's `explain` says where each retriever ranked it."
         if not isinstance(query, str) or not query.strip():
             raise ValueError("query must be a non-empty string")
         k = self._check_k(k)
-        n = min(len(self), max(4 * k, CANDIDATES))  # a fixed pool: the top 5 do not depend on the k asked for
-        if self.mode == "dense":
-            ranked = [(r, 1.0 / (61 + i)) for i, r in enumerate(self.dense_rows(query, n))]
-        elif self.mode == "lexical":
-            ranked = [(r, 1.0 / (61 + i)) for i, r in enumerate(self.lexical_rows(query, n))]
-        else:  # the two retrievers release the GIL in native code, so they overlap
-            lexical = _POOL.submit(self.lexical_rows, query, n)
-            ranked = rrf([self.dense_rows(query, n), lexical.result()])
+        n = min(len(self), max(4 * k, self.settings.candidates))  # a fixed pool: the top 5 do not depend on k
+        ranked, per = self.rank(query, n)
         rows = self.chunks.iloc[[r for r, _ in ranked[:k]]]
-        return [Hit(source=r.source, text=r.text, score=round(float(s), 6), chunk_id=r.chunk_id, heading=r.heading)
-                for r, (_, s) in zip(rows.itertuples(), ranked[:k])]
+        hits = []
+        for r, (row, s) in zip(rows.itertuples(), ranked[:k]):
+            explain = {name: dict(zip(("rank", "score"), found[row])) if row in found else None for name, found in per.items()}
+            explain["fused"] = {"method": self.settings.fusion if self.mode == "hybrid" else self.mode, "score": round(float(s), 6)}
+            hits.append(Hit(source=r.source, text=r.text, score=round(float(s), 6), chunk_id=r.chunk_id, heading=r.heading,
+                            explain=explain))
+        return hits
 
     def search_many(self, queries: list[str], k: int | list[int] = 5) -> list[list[Hit]]:
         "`search` for several queries, their embeddings computed as one batch (what a busy service wants)."
@@ -469,9 +536,11 @@ def data_fingerprint(chunks_path: str | os.PathLike) -> str:
 
 
 def build_index(chunks_path: str | os.PathLike, index_dir: str | os.PathLike, embedding_model: str = "bundled",
-                retrieval_mode: str = "hybrid", embedding_backend: str = "auto", embedder=None) -> dict:
+                retrieval_mode: str = "hybrid", embedding_backend: str = "auto", embedder=None,
+                settings: RetrievalSettings | None = None) -> dict:
     "Build or incrementally update the index in `index_dir` from `chunks_path`; returns the manifest."
     requested, embedding_backend = embedding_backend, choose_embedding_backend(embedding_backend)
+    settings = settings or RetrievalSettings()
     if retrieval_mode not in MODES:
         raise ValueError(f"retrieval_mode {retrieval_mode!r} is unknown; use one of {MODES}")
     index_dir = Path(index_dir)
@@ -490,14 +559,14 @@ def build_index(chunks_path: str | os.PathLike, index_dir: str | os.PathLike, em
     os.replace(index_dir / "chunks.parquet.tmp", index_dir / "chunks.parquet")
     bm_tmp = index_dir / "bm25.tmp"
     shutil.rmtree(bm_tmp, ignore_errors=True)
-    build_bm25(chunk_embed_texts(df)).save(str(bm_tmp))
+    build_bm25(chunk_bm25_texts(df, settings.heading_weight)).save(str(bm_tmp))
     shutil.rmtree(index_dir / "bm25", ignore_errors=True)
     os.replace(bm_tmp, index_dir / "bm25")
     manifest = {"collection": collection.name, "n_chunks": len(df), "embedding_model": embedding_model,
                 "embedding_location": spec.location,
                 "embedding_backend": embedding_backend, "embedding_backend_requested": requested,
                 "hardware": detect_hardware().model_dump(), "dim": int(embedder.get_sentence_embedding_dimension()),
-                "retrieval_mode": retrieval_mode, "data_sha256": data_fingerprint(chunks_path),
+                "retrieval_mode": retrieval_mode, "retrieval": settings.model_dump(), "data_sha256": data_fingerprint(chunks_path),
                 "chunks_path": str(Path(chunks_path).resolve()), "chroma": os.environ.get("CHROMA_HOST") or "embedded",
                 "sync": sync}
     atomic_write_json(index_dir / MANIFEST, manifest)
@@ -517,12 +586,15 @@ def check_skew(index_dir: str | os.PathLike, chunks_path: str | os.PathLike | No
 
 # %% ../../nbs/02_index.ipynb #b6b2befc
 def evaluate_retrieval(retriever: Retriever, golden: list[dict], k: int = 10) -> tuple[dict, pd.DataFrame]:
-    "hit@1, hit@5 and MRR@k of `retriever` on golden `{question, source}` pairs, with a row per question."
+    """hit@1, hit@5 and MRR of `retriever` on golden `{question, source[, sources]}` rows, with a row per question.
+
+    Ranks count distinct documents in hit order (the top `k` chunks); any document in `sources` answers."""
     k = min(k, len(retriever))
     rows = []
     for g in golden:
-        sources = [h.source for h in retriever.search(g["question"], k=k)]
-        rank = sources.index(g["source"]) + 1 if g["source"] in sources else None
+        sources = list(dict.fromkeys(h.source for h in retriever.search(g["question"], k=k)))
+        answers = set(g.get("sources") or []) | {g["source"]}
+        rank = next((i + 1 for i, s in enumerate(sources) if s in answers), None)
         rows.append({"id": g.get("id"), "question": g["question"], "source": g["source"], "rank": rank,
                      "top_source": sources[0] if sources else None})
     df = pd.DataFrame(rows)
@@ -532,8 +604,13 @@ def evaluate_retrieval(retriever: Retriever, golden: list[dict], k: int = 10) ->
     return metrics, df
 
 # %% ../../nbs/02_index.ipynb #5bb254d8
+def explain_cell(found: dict | None) -> str:
+    "One retriever's part in a hit, for a table cell: '#rank (score)', or a dash when it did not find the chunk."
+    return "–" if not found else f"#{found['rank']} ({found['score']:.3f})"
+
+
 def retrieval_explorer(retriever: Retriever, k: int = 5):
-    "An ipywidgets box: a query field and a k slider above the ranked hits."
+    "An ipywidgets box: a query field and a k slider above the ranked hits, with each retriever's rank and score."
     import ipywidgets as w
     from IPython.display import HTML, display
     q = w.Text(placeholder="Ask the index…", description="query", layout=w.Layout(width="70%"))
@@ -544,9 +621,11 @@ def retrieval_explorer(retriever: Retriever, k: int = 5):
         if not q.value.strip():
             return
         with out:
-            rows = "".join(f"<tr><td>{h.score:.4f}</td><td>{h.source}</td><td>{h.heading}</td>"
+            rows = "".join(f"<tr><td>{h.score:.4f}</td><td>{explain_cell(h.explain.get('dense'))}</td>"
+                           f"<td>{explain_cell(h.explain.get('lexical'))}</td><td>{h.source}</td><td>{h.heading}</td>"
                            f"<td>{h.text[:300]}</td></tr>" for h in retriever.search(q.value, kk.value))
-            display(HTML(f"<table><tr><th>score</th><th>source</th><th>heading</th><th>text</th></tr>{rows}</table>"))
+            display(HTML("<table><tr><th>fused</th><th>embedding: rank (cosine)</th><th>BM25: rank (score)</th>"
+                         f"<th>source</th><th>heading</th><th>text</th></tr>{rows}</table>"))
     q.observe(show, "value")
     kk.observe(show, "value")
     return w.VBox([w.HBox([q, kk]), out])
