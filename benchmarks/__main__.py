@@ -45,7 +45,7 @@ STEPS = [
     Step("pipeline", "pipeline_speed.py", [], ["--quick", "--profile", "smoke"]),
     Step("data", "data_speed.py", [], ["--mb", "1"]),
     Step("embedding", "embedding_speed.py", [], ["--repeats", "1", "--max-chunks", "96"]),
-    Step("retrieval", "retrieval_quality.py", [], ["--corpora", "sample", "--backends", "torch"]),
+    Step("retrieval", "retrieval_quality.py", [], ["--corpora", "sample"]),
     Step("query", "query_latency.py", [], ["--sizes", "1000"]),
     Step("finetune", "finetune_speed.py", [], ["--steps", "1", "--variants", "fp32"], needs_artifacts=True),
     Step("generation", "generation_speed.py", [], ["--quick", "--no-service"], needs_artifacts=True),
@@ -109,13 +109,17 @@ def figures(name: str, r: dict) -> list[tuple[str, float | None, float | None, s
             rows.append((f"embedding {backend} (baseline: plain fp32)", _dig(r, "chunks_per_s", backend),
                          _dig(r, "chunks_per_s", "plain"), "chunks/s"))
     elif name == "retrieval":
-        for corpus in ("sample", "pydoc"):
-            best = r.get(f"{corpus}/hybrid/torch-bf16") or r.get(f"{corpus}/hybrid/torch")
-            floor = r.get(f"{corpus}/floor")
-            for metric in ("hit_at_1", "hit_at_5", "mrr"):
-                if best and floor:
-                    rows.append((f"{corpus} {metric} hybrid (baseline: 800-char splitter + dense)", best[metric],
-                                 floor[metric], ""))
+        for corpus, res in (r.get("corpora") or {}).items():
+            ours = _dig(res, "configs", "lab2prod (default)", "heldout") or {}
+            for label in ("floor", "hybrid (previous default)", "bundled fusion (MiniLM + e5 + BM25)"):
+                base = _dig(res, "configs", label, "heldout") or {}
+                for metric in ("hit_at_1", "mrr"):
+                    if ours and base:
+                        rows.append((f"{corpus} held-out {metric} (baseline: {label})", ours[metric], base[metric], ""))
+            build = res.get("build_s") or {}
+            if build:
+                rows.append((f"{corpus} index build (baseline: plain MiniLM fp32)", build.get("default_auto"),
+                             build.get("plain_minilm_torch_fp32"), "s"))
     elif name == "query":
         for size, v in r.items():
             if isinstance(v, dict) and "hybrid" in v:

@@ -293,13 +293,25 @@ def normalize_text(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
+def _template_key(line: str, words: int = 4, max_len: int = 80) -> str | None:
+    "The first `words` words of a short line: what a page template's line with a varying tail (a date) keeps."
+    parts = line.split()
+    return " ".join(parts[:words]) if len(parts) > words and len(line) <= max_len else None
+
+
 def find_boilerplate(texts: list[str], min_share: float = 0.5, min_docs: int = 4, min_len: int = 12) -> set[str]:
-    "Lines (not headings) that occur in at least `min_share` of the documents."
+    """Lines (not headings) that occur in at least `min_share` of the documents, and short lines that start with the
+    same four words in that many (a template's footer such as 'This page last modified on <date>')."""
     if len(texts) < min_docs:
         return set()
-    counts = Counter(line for t in texts for line in {raw.strip() for raw in t.split("\n")}
-                     if len(line) >= min_len and not line.startswith("#"))
-    return {line for line, n in counts.items() if n >= max(min_docs, min_share * len(texts))}
+    need = max(min_docs, min_share * len(texts))
+    per_doc = [{raw.strip() for raw in t.split("\n")} - {""} for t in texts]
+    per_doc = [{line for line in lines if not line.startswith("#")} for lines in per_doc]
+    counts = Counter(line for lines in per_doc for line in lines if len(line) >= min_len)
+    keys = Counter(k for lines in per_doc for k in {_template_key(line) for line in lines} if k)
+    common = {k for k, n in keys.items() if n >= need}
+    return ({line for line, n in counts.items() if n >= need} |
+            {line for lines in per_doc for line in lines if _template_key(line) in common})
 
 
 def strip_lines(text: str, lines: set[str]) -> str:

@@ -123,8 +123,9 @@ class ChatRequest(BaseModel):
     stream: Annotated[bool, Field(strict=True)] = False
     max_tokens: Annotated[int, Field(ge=1, le=512, strict=True)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1, le=512, strict=True)] | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    # strict: a string such as "0.5" is refused as the schema says, not quietly converted
+    temperature: Annotated[float, Field(strict=True)] | None = None
+    top_p: Annotated[float, Field(strict=True)] | None = None
     n: Annotated[int, Field(ge=1, le=1, strict=True)] = 1
     stream_options: dict | None = None
     user: str | None = None
