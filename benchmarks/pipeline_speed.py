@@ -128,7 +128,9 @@ def main(profile: str, quick: bool, out: Path) -> dict:
         corpus = work / "corpus"
         shutil.copytree(ROOT / "data" / "corpus", corpus)
         art = work / "artifacts"
-        extra = ("--env--corpus_dir", str(corpus))
+        # the gate's tolerance against the champion is lifted (as in the gate test): the rebuilds measure what a
+        # rebuild costs, and a run 0.02 below the first one's answer metrics must not stop the measurement
+        extra = ("--env--corpus_dir", str(corpus), "--env--gate_tolerance", "1.0")
         res = {"profile": profile, "quick": quick}
         if quick:  # the harness check: the first tasks only, then the rebuilds on them
             extra += ("--partially", "index")
