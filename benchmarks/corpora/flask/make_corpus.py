@@ -24,12 +24,13 @@ Usage::
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from debian import unpacked_package  # noqa: E402
 
 PACKAGE = "python-flask-doc"
 VERSION = "2.2.2-3"
@@ -40,39 +41,9 @@ ASSET_DIRS = {"_static", "_sources", "_images", "css", "js", "images"}
 GENERATED_PAGES = {"genindex.html", "search.html", "py-modindex.html", "404.html"}
 
 
-def cache_dir() -> Path:
-    """Return the folder that holds the downloaded and unpacked package."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lab2prod" / "debs"
-
-
-def sha256(path: Path) -> str:
-    """Return the hex SHA-256 digest of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def unpacked_html() -> Path:
     """Download and unpack the package into the cache if needed; return its HTML folder."""
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    deb = cache / f"{PACKAGE}_{VERSION}_all.deb"
-    if not deb.is_file():
-        done = subprocess.run(
-            ["apt-get", "download", f"{PACKAGE}={VERSION}"], cwd=cache, capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            sys.exit(f"apt-get download {PACKAGE}={VERSION} failed:\n{done.stderr}")
-    if sha256(deb) != DEB_SHA256:
-        sys.exit(f"{deb.name}: SHA-256 mismatch, delete it and run again")
-    root = cache / f"{PACKAGE}_{VERSION}"
-    html = root / HTML_SUBDIR
-    if not (html / "index.html").is_file():
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-    return html
+    return unpacked_package(PACKAGE, VERSION, HTML_SUBDIR / "index.html", DEB_SHA256) / HTML_SUBDIR
 
 
 def source_html() -> Path:

@@ -20,10 +20,12 @@ Usage::
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from debian import unpacked_package  # noqa: E402
 
 PACKAGE = "sqlite3-doc"
 VERSION = "3.40.1-2+deb12u2"
@@ -87,27 +89,9 @@ def installed_root() -> Path | None:
     return None
 
 
-def cache_dir() -> Path:
-    """The folder that keeps the downloaded package and its unpacked files."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lab2prod" / "debs"
-
-
 def unpacked_root() -> Path:
     """Download and unpack the pinned package into the cache (once); return the manual's folder."""
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    tree = cache / f"{PACKAGE}_{VERSION}"
-    root = tree / DOC_ROOT
-    if all((root / page).is_file() for page in PAGES):
-        return root
-    deb_name = f"{PACKAGE}_{VERSION.replace(':', '%3a')}_all.deb"
-    deb = cache / deb_name
-    if not deb.is_file():
-        subprocess.run(["apt-get", "download", f"{PACKAGE}={VERSION}"], cwd=cache, check=True)
-    if not deb.is_file():
-        sys.exit(f"apt-get download did not produce {deb_name}")
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
+    root = unpacked_package(PACKAGE, VERSION, Path(DOC_ROOT) / PAGES[0]) / DOC_ROOT
     missing = [page for page in PAGES if not (root / page).is_file()]
     if missing:
         sys.exit(f"{len(missing)} selected page(s) not in the package, e.g. {missing[0]}")
