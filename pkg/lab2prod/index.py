@@ -440,6 +440,14 @@ class Retriever:
         "The vector of one query (1 x dim), cached."
         return self.embed_queries([query])[0]
 
+    def nearest_similarity(self, queries: list[str]) -> list[float | None]:
+        "Cosine similarity of each query to its nearest chunk (the grounding signal of the guardrails)."
+        if not queries:
+            return []
+        res = self.collection.query(query_embeddings=np.vstack(self.embed_queries(queries)), n_results=1,
+                                    include=["distances"])
+        return [1.0 - d[0] if d else None for d in res["distances"]]
+
     def clear_query_cache(self) -> None:
         with self._vectors_lock:
             self._vectors.clear()

@@ -210,18 +210,21 @@ class RagChain:
         "The chain of one pipeline run's artifacts folder, its paths read from pipeline.yaml."
         return cls.from_manifest(served_manifest_for(artifacts_dir), base_model, backend, min_similarity)
 
-    def check_input(self, question: str):
-        "The input guardrails: the rules over every view of the question, then the learned detector."
-        verdict = check_prompt(question)
-        if not verdict.refused and self.detector is not None:
-            verdict = self.detector.check(question, self.retriever.embed_queries)
-        return verdict
+    def check_input(self, question: str, top_similarity: float | None = None):
+        """The input guardrails: the learned detector (which weighs the rules, and the question's nearest-chunk
+        similarity), or the rules alone where no detector is trained."""
+        if self.detector is None:
+            return check_prompt(question)
+        return self.detector.check(question, top_similarity)
 
     def top_similarity(self, question: str) -> float | None:
         "Cosine similarity of the question to its nearest chunk."
-        res = self.retriever.collection.query(query_embeddings=self.retriever.embed_query(question),
-                                              n_results=1, include=["distances"])
-        return 1.0 - res["distances"][0][0] if res["distances"][0] else None
+        return self.retriever.nearest_similarity([question])[0]
+
+    @property
+    def grounding_floor(self) -> float:
+        "The similarity under which a question is refused as out of scope whatever else it scores."
+        return self.min_similarity if self.detector is None else self.detector.min_similarity
 
     @property
     def lineage_public(self) -> dict:
@@ -237,12 +240,12 @@ class RagChain:
         rid = uuid.uuid4().hex
         clean, found = scrub_pii(question)
         pii = [f.kind for f in found]
-        verdict = self.check_input(clean)
-        if verdict.refused:
-            return self._refusal(rid, clean, REFUSAL, guardrail_record(verdict.category, verdict.rule, pii))
-        hits = self.retriever.search(clean, k)
         top = self.top_similarity(clean)
-        grounding = check_grounding(top, self.min_similarity)
+        verdict = self.check_input(clean, top)
+        if verdict.refused:
+            return self._refusal(rid, clean, REFUSAL, guardrail_record(verdict.category, verdict.rule, pii), (), top)
+        hits = self.retriever.search(clean, k)
+        grounding = check_grounding(top, self.grounding_floor)
         if grounding.refused:
             return self._refusal(rid, clean, NO_CONTEXT, guardrail_record(grounding.category, grounding.rule, pii), hits, top)
         return Prepared(rid, clean, hits, build_messages(clean, [h.text for h in hits], self.prompt.text), pii, top)

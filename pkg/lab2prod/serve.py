@@ -599,6 +599,10 @@ class Lab2Prod:
         # /ask questions are embedded together too; the chain then finds their vectors in the retriever's cache
         self.embed_batcher = MicroBatcher(self.chain.retriever.embed_queries, self.settings.batch_max_size,
                                           self.settings.batch_max_latency_ms)
+        # and the detector's multilingual vectors of their views, in batches of their own, cached the same way
+        detector = self.chain.detector
+        self.guard_batcher = (MicroBatcher(detector.embed, self.settings.batch_max_size, self.settings.batch_max_latency_ms)
+                              if detector is not None else None)
         self.n_chunks = len(self.chain.retriever)
         serving = self.chain.engine.describe() | {"gpu": detect_hardware().gpu, "cpu": detect_hardware().cpu,
                                                   "embedding_backend": self.chain.lineage.get("embedding_backend"),
@@ -632,7 +636,10 @@ class Lab2Prod:
         from lab2prod.guardrails import guard_text, scrub_pii
         t0 = time.perf_counter()
         clean = scrub_pii(question)[0]  # the chain embeds the scrubbed question, and its views for the detector
-        await asyncio.gather(self.embed_batcher.submit(clean), self.embed_batcher.submit(guard_text(clean)))
+        pending = [self.embed_batcher.submit(clean)]
+        if self.guard_batcher is not None:
+            pending.append(self.guard_batcher.submit(guard_text(clean)))
+        await asyncio.gather(*pending)
         IN_FLIGHT.inc()
         try:
             out = await self.chain.aask(question, k=k, max_new_tokens=max_new_tokens)
