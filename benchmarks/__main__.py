@@ -45,7 +45,7 @@ STEPS = [
     Step("pipeline", "pipeline_speed.py", [], ["--quick", "--profile", "smoke"]),
     Step("data", "data_speed.py", [], ["--mb", "1"]),
     Step("embedding", "embedding_speed.py", [], ["--repeats", "1", "--max-chunks", "96"]),
-    Step("retrieval", "retrieval_quality.py", [], ["--corpora", "sample"]),
+    Step("retrieval", "retrieval_quality.py", [], ["--corpora", "sample", "--no-e5"]),
     Step("query", "query_latency.py", [], ["--sizes", "1000"]),
     Step("finetune", "finetune_speed.py", [], ["--steps", "1", "--variants", "fp32"], needs_artifacts=True),
     Step("generation", "generation_speed.py", [], ["--quick", "--no-service"], needs_artifacts=True),
