@@ -296,8 +296,10 @@ class Detector:
             out.append(Verdict(True, self.classes[worst], f"detector p={p_adv:.2f}>={self.threshold:.2f}")
                        if p_adv >= self.threshold else Verdict(False))
         for prompt, verdict in zip(prompts, out):
+            if not verdict.refused:  # an answered request does not read the rules a second time
+                continue
             matched = [c for c, hit in zip(RULES, rule_hits(prompt)) if hit]
-            if verdict.refused and matched:  # the reason names the rules that weighed in
+            if matched:  # the reason names the rules that weighed in
                 verdict.rule += f"; rules: {', '.join(matched)}"
         return out
 
