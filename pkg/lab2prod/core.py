@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from datetime import datetime, timezone
@@ -31,8 +32,8 @@ __all__ = ['TELEMETRY_ENV', 'OFFLINE_ENV', 'JUPYTER_SERVER_CONFIG', 'log', 'PROF
            'atomic_write_text', 'atomic_write_json', 'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'file_hash',
            'dir_hash', 'params_hash', 'git_state', 'package_versions', 'build_lineage', 'write_lineage',
            'pipeline_root', 'pipeline_env', 'pipeline_spec', 'pipeline_products', 'stage_products', 'stage_io',
-           'ModelSpec', 'bundled_dir', 'resolve_model', 'load_model', 'tracking_uri_for', 'start_mlflow_run',
-           'install_model_package', 'lock_pins', 'write_environment_yml']
+           'ModelSpec', 'bundled_dir', 'resolve_model', 'cache_dir', 'unpacked_gguf', 'load_model', 'tracking_uri_for',
+           'start_mlflow_run', 'install_model_package', 'lock_pins', 'write_environment_yml']
 
 # %% ../../nbs/00_core.ipynb #1c60ef71
 TELEMETRY_ENV = {
@@ -522,6 +523,51 @@ def resolve_model(kind: Literal["embedding", "llm"], name: str = "bundled") -> M
     return ModelSpec(kind=kind, name=name, location=name)
 
 
+def cache_dir(*parts: str) -> Path:
+    "lab2prod's cache on this machine (`LAB2PROD_CACHE`, else ~/.cache/lab2prod), or a folder inside it."
+    return Path(os.environ.get("LAB2PROD_CACHE", Path.home() / ".cache" / "lab2prod")).joinpath(*parts)
+
+
+def unpacked_gguf(folder: str | os.PathLike, gguf_file: str) -> Path | None:
+    """The GGUF model `folder`/`gguf_file` as a float32 transformers checkpoint, written once per file content.
+
+    transformers dequantizes a GGUF file in Python on every load (about 15 s for the bundled 135M model on 2 cores, and
+    every stage loads it); the unpacked copy holds the same float32 weights and loads in about a second. None where the
+    cache cannot be written (a read-only container): the caller loads the GGUF file itself."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    src = Path(folder) / gguf_file
+    key = f"{src.stem}-{file_hash(src)[:16]}-transformers{transformers.__version__}"
+    out = cache_dir("unpacked-gguf", key)
+    if (out / "complete").exists():
+        return out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{key}."))
+    except OSError as e:
+        log.warning("no unpacked copy of %s (%s): it is dequantized at every load; set LAB2PROD_CACHE to a writable "
+                    "folder to keep one", src, e)
+        return None
+    try:
+        AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(staging)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+        # the weights are plain float32 once loaded: the GGUF marker left on the model only stops them being saved
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(staging)
+        (staging / "complete").write_text(str(src))
+        staging.chmod(0o755)
+        os.replace(staging, out)  # another process may have finished first: its copy is the same
+    except OSError:
+        if not (out / "complete").exists():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
 def load_model(kind: Literal["embedding", "llm"], name: str = "bundled", device: str = "cpu"):
     "Load the embedding model (a SentenceTransformer) or the LLM (`(model, tokenizer)`) named `name`."
     spec = resolve_model(kind, name)
@@ -532,9 +578,10 @@ def load_model(kind: Literal["embedding", "llm"], name: str = "bundled", device:
             return SentenceTransformer(spec.location, device=device, local_files_only=offline)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        kw = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
-        tok = AutoTokenizer.from_pretrained(spec.location, local_files_only=offline, **kw)
-        model = AutoModelForCausalLM.from_pretrained(spec.location, local_files_only=offline,
+        unpacked = unpacked_gguf(spec.location, spec.gguf_file) if spec.gguf_file else None
+        location, kw = (unpacked, {}) if unpacked else (spec.location, {"gguf_file": spec.gguf_file} if spec.gguf_file else {})
+        tok = AutoTokenizer.from_pretrained(location, local_files_only=offline, **kw)
+        model = AutoModelForCausalLM.from_pretrained(location, local_files_only=offline,
                                                      dtype=torch.float32, **kw).to(device).eval()
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from lab2prod.core import (
     atomic_write_json,
+    cache_dir,
     choose_generation_backend,
     choose_generation_precision,
     detect_hardware,
@@ -104,7 +105,7 @@ def install_llama_cpp(source: str = LLAMA_CPP_SOURCE, prefix: str | os.PathLike 
                       cache: str | os.PathLike | None = None, jobs: int | None = None) -> Path:
     "Build (or copy from the cache) llama.cpp's server for this CPU into the environment; returns the server's path."
     prefix = Path(prefix or sys.prefix)
-    cache = Path(cache or os.environ.get("LAB2PROD_CACHE", Path.home() / ".cache" / "lab2prod")) / "llama.cpp" / _build_key(source)
+    cache = (Path(cache) if cache else cache_dir()) / "llama.cpp" / _build_key(source)
     src = llama_cpp_dir(prefix)
     if not (src / "convert_lora_to_gguf.py").exists():
         src.parent.mkdir(parents=True, exist_ok=True)

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import atomic_write_json
+from .core import atomic_write_json, cache_dir
 
 # %% auto #0
 __all__ = ['HOMOGLYPHS', 'LEET', 'ZERO_WIDTH', 'B64', 'RULES', 'REFUSAL', 'NO_CONTEXT', 'BENIGN', 'HASH_CHAR', 'HASH_WORD',
            'FEATURES_VERSION', 'PII_PATTERNS', 'normalize_prompt', 'decode_base64', 'prompt_views', 'Verdict',
            'check_prompt', 'check_grounding', 'split_prompts', 'GuardEmbedder', 'text_key', 'guard_cache_file',
            'load_vectors', 'save_vectors', 'guard_embedder', 'embed_matrix', 'guard_text', 'rule_hits',
-           'prompt_features', 'Detector', 'choose_threshold', 'grounding_floor', 'PiiFinding', 'scrub_pii',
-           'StreamScrubber']
+           'prompt_features', 'Detector', 'check_labels', 'detector_classifier', 'out_of_fold_scores',
+           'choose_threshold', 'grounding_floor', 'PiiFinding', 'scrub_pii', 'StreamScrubber']
 
 # %% ../../nbs/03a_guardrails.ipynb #8635fb80
 # Cyrillic and Greek letters that look like Latin ones: "іgnоrе" must read as "ignore"
@@ -184,8 +184,7 @@ def text_key(text: str) -> str:
 
 def guard_cache_file(name: str) -> Path:
     "Where the guard task keeps the vectors of one guard embedding model (`LAB2PROD_CACHE`, else ~/.cache/lab2prod)."
-    root = Path(os.environ.get("LAB2PROD_CACHE", Path.home() / ".cache" / "lab2prod"))
-    return root / "guard-vectors" / (re.sub(r"[^\w.-]", "_", name) + ".npz")
+    return cache_dir("guard-vectors", re.sub(r"[^\w.-]", "_", name) + ".npz")
 
 
 def load_vectors(path: Path) -> dict[str, np.ndarray]:
@@ -268,12 +267,9 @@ class Detector:
     def fit(cls, prompts: list[str], labels: list[str], similarities, embed=None, C: float = 10.0,
             threshold: float = 0.5) -> "Detector":
         "Train on labelled prompts (`labels`: a category or `benign`) and each one's nearest-chunk similarity."
-        from sklearn.linear_model import LogisticRegression
-        if BENIGN not in labels or len(set(labels)) < 2:
-            raise ValueError("the detector needs benign prompts and at least one adversarial category to learn from")
+        check_labels(labels)
         embed = embed or guard_embedder()
-        X = prompt_features(prompts, similarities, embed)
-        clf = LogisticRegression(C=C, max_iter=3000, class_weight="balanced").fit(X, labels)
+        clf = detector_classifier(C).fit(prompt_features(prompts, similarities, embed), labels)
         return cls(list(clf.classes_), clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32), threshold,
                    {"C": C, "n_train": len(prompts), "embedding": getattr(embed, "name", "custom")}, embed)
 
@@ -334,6 +330,32 @@ class Detector:
         w = np.load(folder / "weights.npz")
         extra = {k: v for k, v in info.items() if k not in ("classes", "threshold")}
         return cls(info["classes"], w["coef"], w["intercept"], info["threshold"], extra, embed)
+
+
+def check_labels(labels: list[str]) -> None:
+    "Stop unless the labels hold benign prompts and at least one adversarial category."
+    if BENIGN not in labels or len(set(labels)) < 2:
+        raise ValueError("the detector needs benign prompts and at least one adversarial category to learn from")
+
+
+def detector_classifier(C: float = 10.0):
+    "The detector's classifier: multinomial logistic regression, classes weighted by their size."
+    from sklearn.linear_model import LogisticRegression
+    return LogisticRegression(C=C, max_iter=3000, class_weight="balanced")
+
+
+def out_of_fold_scores(prompts: list[str], labels: list[str], similarities, embed=None, folds: int = 5, seed: int = 0,
+                       C: float = 10.0, n_jobs: int | None = None) -> np.ndarray:
+    """Each prompt's adversarial probability from a detector trained without it (stratified `folds`-fold).
+
+    The features are computed once, and scikit-learn's `cross_val_predict` fits the folds in parallel processes."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    check_labels(labels)
+    X = prompt_features(prompts, similarities, embed or guard_embedder())
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    jobs = n_jobs or min(folds, len(os.sched_getaffinity(0)))
+    proba = cross_val_predict(detector_classifier(C), X, labels, cv=cv, method="predict_proba", n_jobs=jobs)
+    return 1.0 - proba[:, sorted(set(labels)).index(BENIGN)]  # columns in sorted class order
 
 
 def choose_threshold(benign_scores: np.ndarray, max_false_refusal: float) -> float:
