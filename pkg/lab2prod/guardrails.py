@@ -25,10 +25,10 @@ from .core import atomic_write_json, cache_dir
 
 # %% auto #0
 __all__ = ['HOMOGLYPHS', 'LEET', 'ZERO_WIDTH', 'B64', 'RULES', 'REFUSAL', 'NO_CONTEXT', 'BENIGN', 'HASH_CHAR', 'HASH_WORD',
-           'FEATURES_VERSION', 'PII_PATTERNS', 'normalize_prompt', 'decode_base64', 'prompt_views', 'Verdict',
-           'check_prompt', 'check_grounding', 'split_prompts', 'GuardEmbedder', 'text_key', 'guard_cache_file',
-           'load_vectors', 'save_vectors', 'guard_embedder', 'embed_matrix', 'guard_text', 'rule_hits',
-           'prompt_features', 'Detector', 'check_labels', 'detector_classifier', 'out_of_fold_scores',
+           'FEATURES_VERSION', 'E5_WEIGHT', 'DETECTOR_C', 'PII_PATTERNS', 'normalize_prompt', 'decode_base64',
+           'prompt_views', 'Verdict', 'check_prompt', 'check_grounding', 'split_prompts', 'GuardEmbedder', 'text_key',
+           'guard_cache_file', 'load_vectors', 'save_vectors', 'guard_embedder', 'embed_matrix', 'guard_text',
+           'rule_hits', 'prompt_features', 'Detector', 'check_labels', 'detector_classifier', 'out_of_fold_scores',
            'choose_threshold', 'grounding_floor', 'PiiFinding', 'scrub_pii', 'StreamScrubber']
 
 # %% ../../nbs/03a_guardrails.ipynb #8635fb80
@@ -113,7 +113,9 @@ def check_grounding(top_similarity: float | None, min_similarity: float = 0.25) 
 # %% ../../nbs/03a_guardrails.ipynb #6bd32199
 BENIGN = "benign"
 HASH_CHAR, HASH_WORD = 2**17, 2**16
-FEATURES_VERSION = 2  # e5 vector, grounding similarity, rule hits, n-grams: a detector of another version is retrained
+FEATURES_VERSION = 3  # e5 vector, grounding similarity, rule hits, n-grams: a detector of another version is retrained
+E5_WEIGHT = 4.0  # the e5 block's scale against ~200k n-gram columns under one L2 penalty (chosen by build-part CV)
+DETECTOR_C = 30.0  # inverse L2 strength of the classifier (chosen by build-part CV)
 
 
 def split_prompts(rows: list[dict], heldout: float = 0.4, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -244,7 +246,7 @@ def prompt_features(prompts: list[str], similarities, embed):
     rules = np.vstack([rule_hits(p) for p in prompts])
     chars = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 5), n_features=HASH_CHAR, alternate_sign=False)
     words = HashingVectorizer(analyzer="word", ngram_range=(1, 2), n_features=HASH_WORD, alternate_sign=False)
-    dense = np.hstack([embed_matrix(embed, joined), sims, rules])
+    dense = np.hstack([E5_WEIGHT * embed_matrix(embed, joined), sims, rules])
     return sp.hstack([sp.csr_matrix(dense), chars.transform(joined), words.transform(joined)]).tocsr()
 
 
@@ -264,7 +266,7 @@ class Detector:
         return float(self.info.get("min_similarity", 0.0))
 
     @classmethod
-    def fit(cls, prompts: list[str], labels: list[str], similarities, embed=None, C: float = 10.0,
+    def fit(cls, prompts: list[str], labels: list[str], similarities, embed=None, C: float = DETECTOR_C,
             threshold: float = 0.5) -> "Detector":
         "Train on labelled prompts (`labels`: a category or `benign`) and each one's nearest-chunk similarity."
         check_labels(labels)
@@ -338,14 +340,14 @@ def check_labels(labels: list[str]) -> None:
         raise ValueError("the detector needs benign prompts and at least one adversarial category to learn from")
 
 
-def detector_classifier(C: float = 10.0):
+def detector_classifier(C: float = DETECTOR_C):
     "The detector's classifier: multinomial logistic regression, classes weighted by their size."
     from sklearn.linear_model import LogisticRegression
     return LogisticRegression(C=C, max_iter=3000, class_weight="balanced")
 
 
 def out_of_fold_scores(prompts: list[str], labels: list[str], similarities, embed=None, folds: int = 5, seed: int = 0,
-                       C: float = 10.0, n_jobs: int | None = None) -> np.ndarray:
+                       C: float = DETECTOR_C, n_jobs: int | None = None) -> np.ndarray:
     """Each prompt's adversarial probability from a detector trained without it (stratified `folds`-fold).
 
     The features are computed once, and scikit-learn's `cross_val_predict` fits the folds in parallel processes."""
