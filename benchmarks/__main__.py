@@ -146,9 +146,19 @@ def figures(name: str, r: dict) -> list[tuple[str, float | None, float | None, s
         rows.append(("/retrieve, 32 clients, batched (baseline: one at a time)",
                      _dig(r, "retrieve", "concurrent", "queries_per_s"), _dig(r, "retrieve", "one_at_a_time", "queries_per_s"),
                      "queries/s"))
+        off = r.get("unbatched") or {}
+        for n, v in sorted((_dig(r, "retrieve", "levels") or {}).items(), key=lambda kv: int(kv[0])):
+            base = _dig(off, "retrieve", n) or {}
+            rows.append((f"/retrieve, {n} clients (baseline: batching off)", v.get("queries_per_s"),
+                         base.get("queries_per_s"), "queries/s"))
+            rows.append((f"/retrieve, {n} clients: p99 (baseline: batching off)", _dig(v, "latency_ms", "p99"),
+                         _dig(base, "latency_ms", "p99"), "ms"))
         for n, v in sorted(r.get("ask", {}).items(), key=lambda kv: int(kv[0])):
-            rows.append((f"/ask, {n} clients", v.get("answers_per_s"), None, "answers/s"))
-            rows.append((f"/ask, {n} clients: p99", _dig(v, "latency_ms", "p99"), None, "ms"))
+            base = _dig(off, "ask", n) or {}
+            rows.append((f"/ask, {n} clients (baseline: batching off)", v.get("answers_per_s"), base.get("answers_per_s"),
+                         "answers/s"))
+            rows.append((f"/ask, {n} clients: p99 (baseline: batching off)", _dig(v, "latency_ms", "p99"),
+                         _dig(base, "latency_ms", "p99"), "ms"))
         procs = _dig(r, "soak", "rss_processes_end") or {}
         if procs:
             rows.append(("serving: resident memory of the worker and its engine", round(sum(procs.values())), None, "MB"))
@@ -239,7 +249,7 @@ def plots(results: dict[str, list[dict]], out: Path) -> list[Path]:
     gen = next((r for r in results.get("generation", []) if "concurrency" in r), None)
     svc = next((r for r in results.get("service", []) if "ask" in r), None)
     if gen or svc:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         if gen:
             levels = sorted(gen["concurrency"], key=int)
             for who, label in (("ours", "lab2prod engine"), ("baseline", "llama-server as started by a user")):
@@ -248,9 +258,16 @@ def plots(results: dict[str, list[dict]], out: Path) -> list[Path]:
             axes[0].set(xlabel="concurrent clients", ylabel="generated tokens/s", title="generation", ylim=(0, None))
             axes[0].legend()
         if svc:
-            levels = sorted(svc["ask"], key=int)
-            axes[1].plot([int(n) for n in levels], [svc["ask"][n]["answers_per_s"] for n in levels], marker="o", label="/ask")
-            axes[1].set(xlabel="concurrent clients", ylabel="answers/s", title="service /ask", ylim=(0, None))
+            off = svc.get("unbatched") or {}
+            for ax, route, key, unit in ((axes[1], "ask", "answers_per_s", "answers/s"),
+                                         (axes[2], "retrieve", "queries_per_s", "queries/s")):
+                on = svc["ask"] if route == "ask" else _dig(svc, "retrieve", "levels") or {}
+                for label, part in (("batching on", on), ("batching off", off.get(route) or {})):
+                    levels = sorted(part, key=int)
+                    if levels:
+                        ax.plot([int(n) for n in levels], [part[n][key] for n in levels], marker="o", label=label)
+                ax.set(xlabel="concurrent clients", ylabel=unit, title=f"service /{route}", ylim=(0, None))
+                ax.legend()
         fig.tight_layout()
         made.append(out / "concurrency.png")
         fig.savefig(made[-1], dpi=110)

@@ -1,4 +1,4 @@
-"""The HTTP service under load: /retrieve micro-batching, /ask at 1/8/32 clients, and a soak of mixed traffic.
+"""The HTTP service under load: /retrieve and /ask at 1/8/32 clients with batching on and off, and a soak of mixed traffic.
 
 The service is `bentoml serve` of an artifacts folder (default: ./artifacts, the pipeline's run) on a free loopback port, with the
 rate limit lifted and its request log in a temp folder.
@@ -21,6 +21,10 @@ and the share of prompt tokens the engine served from its prompt cache is record
     VmRSS summed over the process tree) at the start and at the end of the soak -> growth in %, with a trace along
     the way (the engine starts llama-server with its host-memory prompt cache off, which by default would grow up to
     8 GiB with the number of distinct prompts).
+
+(d) batching off, the baseline of (a) and (b): a second service with LAB2PROD_BATCH_MAX_SIZE=1 (each /retrieve query
+    embedded alone) and LAB2PROD_ENGINE_PARALLEL=1 (one llama.cpp slot: requests decoded one after another); /retrieve
+    at `--retrieve-levels` clients (measured with batching on too) and /ask at the same client counts as (b).
 
 Every phase records how many cores processes outside the benchmark kept busy (`other_cores_busy`); a run with a
 warning shared the machine and is not representative.
@@ -106,6 +110,21 @@ def retrieve_phase(svc: Service, queries: list[str], clients: int, seconds: floa
             "one_at_a_time": {"clients": 1, "queries": n, "errors": q["errors"], "wall_s": q["wall_s"],
                               "queries_per_s": q["requests_per_s"], "latency_ms": latency_ms(seq)},
             "throughput_ratio": round(c["requests_per_s"] / q["requests_per_s"], 2) if q["requests_per_s"] else None}
+
+
+def retrieve_levels(svc: Service, queries: list[str], levels: list[int], seconds: float, counter) -> dict:
+    "/retrieve with each number of concurrent clients in `levels`, `seconds` each: queries/s, latency, mean batch."
+    out = {}
+    for c in levels:
+        s0, n0 = svc.metric("lab2prod_retrieve_batch_size_sum"), svc.metric("lab2prod_retrieve_batch_size_count")
+        run = run_clients(c, queries, retrieve_sender(counter), svc.url, duration_s=seconds)
+        s1, n1 = svc.metric("lab2prod_retrieve_batch_size_sum"), svc.metric("lab2prod_retrieve_batch_size_count")
+        s = run.summary()
+        out[str(c)] = {"queries": len(run.results), "errors": s["errors"], "queries_per_s": s["requests_per_s"],
+                       "latency_ms": latency_ms(run), "mean_batch_size": round((s1 - s0) / (n1 - n0), 2) if n1 > n0 else None}
+        progress(f"  /retrieve {c:>2} clients: {s['requests_per_s']} q/s, p50 {out[str(c)]['latency_ms']['p50']} ms, "
+                 f"p99 {out[str(c)]['latency_ms']['p99']} ms, mean batch {out[str(c)]['mean_batch_size']}")
+    return out
 
 
 async def _paced(url: str, queries: list[str], clients: int, rate: float, seconds: float, counter) -> list:
@@ -231,6 +250,23 @@ def soak_phase(svc: Service, questions: list[str], minutes: float, rate: float, 
     return out
 
 
+UNBATCHED = {"LAB2PROD_BATCH_MAX_SIZE": "1", "LAB2PROD_ENGINE_PARALLEL": "1"}
+
+
+def unbatched_phase(art: Path, questions: list[str], a: argparse.Namespace) -> dict:
+    """The baseline of the batching: the same service with each /retrieve query embedded alone (batch size 1) and the
+    engine decoding one request at a time (one llama.cpp slot), at the same client counts."""
+    progress("batching off: " + " ".join(f"{k}={v}" for k, v in UNBATCHED.items()))
+    with Service(art, env=UNBATCHED) as svc:
+        load = OtherLoad().start()
+        out = {"settings": UNBATCHED, "service_startup_s": svc.startup_s,
+               "retrieve": retrieve_levels(svc, questions, a.retrieve_levels, a.retrieve_seconds, itertools.count(3 * 10**6)),
+               "ask": ask_phase(svc, questions, a.ask_clients, a.ask_seconds, a.ask_tokens)}
+        out["other_cores_busy"] = load.stop()
+        out["service_log_errors"] = log_errors(svc.log_file.read_text(errors="replace"))
+    return out
+
+
 def log_errors(log: str, keep: int = 10) -> dict:
     "The service log's [ERROR] records: how many, and the first `keep` with the last lines of their tracebacks."
     records, current = [], None
@@ -267,6 +303,7 @@ def main(a: argparse.Namespace) -> dict:
                  f"{r['concurrent']['mean_batch_size']} | 1 client: {r['one_at_a_time']['queries_per_s']} q/s | "
                  f"{r['throughput_ratio']}x | paced: " + ", ".join(
                      f"{p['rate_per_s']} q/s p50 {p['latency_ms']['p50']} ms p99 {p['latency_ms']['p99']} ms" for p in r["paced"]))
+        r["levels"] = retrieve_levels(svc, questions, a.retrieve_levels, a.retrieve_seconds, itertools.count(2 * 10**6))
         load = OtherLoad().start()
         res["ask"] = ask_phase(svc, questions, a.ask_clients, a.ask_seconds, a.ask_tokens)
         res["ask_other_cores_busy"] = load.stop()
@@ -280,6 +317,8 @@ def main(a: argparse.Namespace) -> dict:
         res["service_log_errors"] = log_errors(svc.log_file.read_text(errors="replace"))
         res["other_cores_busy"] = whole.stop()
         res["warning"] = contention_note(res["other_cores_busy"], info["cores"])
+    if a.unbatched:
+        res["unbatched"] = unbatched_phase(art, questions, a)
     res["machine"] = info | {"load_avg_after": os.getloadavg()}
     res["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(a.out, res)
@@ -300,6 +339,13 @@ def print_table(res: dict) -> None:
         print(f"| /ask | {c} | {v['answers_per_s']} | {v['tokens_per_s']} | {v['latency_ms']['p50']} | "
               f"{v['latency_ms']['p99']} | {v['errors']} | {v['prompt_cache_hit']} |")
     print(f"/retrieve batching: {r['throughput_ratio']}x the one-at-a-time throughput, mean batch {r['concurrent']['mean_batch_size']}")
+    if off := res.get("unbatched"):
+        print("| batching | route | clients | per s | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
+        for label, part in (("on", {"retrieve": r.get("levels", {}), "ask": res["ask"]}), ("off", off)):
+            for route in ("retrieve", "ask"):
+                for c, v in part[route].items():
+                    rate = v.get("queries_per_s", v.get("answers_per_s"))
+                    print(f"| {label} | /{route} | {c} | {rate} | {v['latency_ms']['p50']} | {v['latency_ms']['p99']} |")
     if s := res.get("soak"):
         print("| soak route | requests | unexpected status | p50 ms | p99 ms |\n|---|---|---|---|---|")
         for route in ("retrieve", "ask", "bad"):
@@ -320,7 +366,11 @@ if __name__ == "__main__":
     ap.add_argument("--retrieve-seconds", type=float, default=20)
     ap.add_argument("--retrieve-paced-share", type=float, nargs="+", default=[0.25, 0.5],
                     help="paced /retrieve phases: these shares of the closed-loop throughput, spread over the clients")
+    ap.add_argument("--retrieve-levels", type=int, nargs="+", default=[1, 8, 32],
+                    help="/retrieve client counts measured with batching on and off")
     ap.add_argument("--ask-clients", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--no-unbatched", dest="unbatched", action="store_false",
+                    help="skip the baseline service with batching off (/retrieve batch size 1, one engine slot)")
     ap.add_argument("--ask-seconds", type=float, default=60, help="each /ask level runs this long (requests in flight finish)")
     ap.add_argument("--ask-tokens", type=int, default=64, help="max_new_tokens of the /ask phase")
     ap.add_argument("--soak-minutes", type=float, default=10)
