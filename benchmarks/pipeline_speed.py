@@ -120,6 +120,18 @@ def papermill_vs_function(profile: str, work: Path) -> dict:
             "overhead_ratio": round(notebook_s / function_s, 2), "same_chunks": same}
 
 
+def headline_metrics(art: Path) -> dict:
+    "What the first build's evaluation measured (retrieval, answers, guardrails, the gate), so speed and quality sit together."
+    metrics, gate = art / "eval" / "metrics.json", art / "eval" / "gate.json"
+    if not metrics.exists():
+        return {}
+    m = json.loads(metrics.read_text())
+    out = {k: m[k] for k in sorted(m) if k.startswith(("retrieval/", "answer/", "safety/", "bias/"))}
+    if gate.exists():
+        out["gate_passed"] = json.loads(gate.read_text()).get("passed")
+    return out
+
+
 def main(profile: str, quick: bool, out: Path) -> dict:
     sys.path.insert(0, str(ROOT / "pkg"))
     from lab2prod.core import atomic_write_json
@@ -135,6 +147,7 @@ def main(profile: str, quick: bool, out: Path) -> dict:
         if quick:  # the harness check: the first tasks only, then the rebuilds on them
             extra += ("--partially", "index")
         res["first_build"] = build(art, profile, *extra)
+        res["first_build"]["eval"] = headline_metrics(art)
         res["noop_rebuild"] = build(art, profile, *extra)
         res["noop_ratio"] = round(res["noop_rebuild"]["wall_s"] / res["first_build"]["wall_s"], 3)
         first_index = index_sync(art)
