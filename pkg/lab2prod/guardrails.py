@@ -113,8 +113,10 @@ def check_grounding(top_similarity: float | None, min_similarity: float = 0.25) 
 # %% ../../nbs/03a_guardrails.ipynb #6bd32199
 BENIGN = "benign"
 HASH_CHAR, HASH_WORD = 2**17, 2**16
-FEATURES_VERSION = 3  # e5 vector, grounding similarity, rule hits, n-grams: a detector of another version is retrained
-E5_WEIGHT = 4.0  # the e5 block's scale against ~200k n-gram columns under one L2 penalty (chosen by build-part CV)
+FEATURES_VERSION = 2  # e5 vector, grounding similarity, rule hits, n-grams: a detector of another version is retrained
+# the e5 block's scale against ~200k n-gram columns under one L2 penalty (chosen by build-part CV); a detector keeps
+# the weight it was trained with in guard.json (one saved without it was trained at 1.0)
+E5_WEIGHT = 4.0
 DETECTOR_C = 30.0  # inverse L2 strength of the classifier (chosen by build-part CV)
 
 
@@ -231,7 +233,7 @@ def rule_hits(prompt: str) -> np.ndarray:
     return hits
 
 
-def prompt_features(prompts: list[str], similarities, embed):
+def prompt_features(prompts: list[str], similarities, embed, e5_weight: float = E5_WEIGHT):
     """The detector's input, one row per prompt.
 
     The multilingual embedding of the prompt's joined views; the cosine of the prompt to its nearest chunk in the
@@ -246,7 +248,7 @@ def prompt_features(prompts: list[str], similarities, embed):
     rules = np.vstack([rule_hits(p) for p in prompts])
     chars = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 5), n_features=HASH_CHAR, alternate_sign=False)
     words = HashingVectorizer(analyzer="word", ngram_range=(1, 2), n_features=HASH_WORD, alternate_sign=False)
-    dense = np.hstack([E5_WEIGHT * embed_matrix(embed, joined), sims, rules])
+    dense = np.hstack([e5_weight * embed_matrix(embed, joined), sims, rules])
     return sp.hstack([sp.csr_matrix(dense), chars.transform(joined), words.transform(joined)]).tocsr()
 
 
@@ -271,13 +273,14 @@ class Detector:
         "Train on labelled prompts (`labels`: a category or `benign`) and each one's nearest-chunk similarity."
         check_labels(labels)
         embed = embed or guard_embedder()
-        clf = detector_classifier(C).fit(prompt_features(prompts, similarities, embed), labels)
+        clf = detector_classifier(C).fit(prompt_features(prompts, similarities, embed, E5_WEIGHT), labels)
         return cls(list(clf.classes_), clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32), threshold,
-                   {"C": C, "n_train": len(prompts), "embedding": getattr(embed, "name", "custom")}, embed)
+                   {"C": C, "e5_weight": E5_WEIGHT, "n_train": len(prompts), "embedding": getattr(embed, "name", "custom")}, embed)
 
     def probabilities(self, prompts: list[str], similarities) -> np.ndarray:
         "Class probabilities, one row per prompt, columns in the order of `classes`."
-        logits = np.asarray(prompt_features(prompts, similarities, self.embed) @ self.coef.T) + self.intercept
+        X = prompt_features(prompts, similarities, self.embed, float(self.info.get("e5_weight", 1.0)))
+        logits = np.asarray(X @ self.coef.T) + self.intercept
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 
