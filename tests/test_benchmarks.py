@@ -23,6 +23,8 @@ def test_quick_harness_writes_the_table_and_plots(smoke_run, tmp_path):
     assert "| benchmark | figure | lab2prod (median) |" in table and summary["machine"]["cpu"] in table
     ratios = [r for r in summary["rows"] if r["ratio"] is not None]
     assert len(ratios) >= 10 and all(r["ratio"] > 0 for r in ratios), ratios  # each compared with its baseline
+    off = [r for r in ratios if r["benchmark"] == "service" and "batching off" in r["what"]]
+    assert {r["what"].split(" (")[0] for r in off} >= {"/retrieve, 8 clients", "/ask, 8 clients"}, off  # on against off
     assert (out / "concurrency.png").stat().st_size > 5000 and (out / "pipeline_tasks.png").stat().st_size > 5000
     assert "quick mode" in table and "README" not in p.stdout  # quick never touches the README
     assert (ROOT / "README.md").read_text().count("<!-- benchmarks:start -->") == 1
