@@ -337,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
                 errors[step.name] = "failed: " + r["error"]
                 break
             results.setdefault(step.name, []).append({**r, "_measured": measured_on(r)})
+        if not a.quick and step.name in results:  # the last full run is what `--from-results` reports later
+            stored = {k: v for k, v in results[step.name][-1].items() if k != "_measured"}
+            target = RESULTS / f"{Path(step.script).stem}.json"
+            tmp = target.with_suffix(".json.tmp")  # written aside, then renamed: a killed run leaves the last good file
+            tmp.write_text(json.dumps(stored, indent=1) + "\n")
+            tmp.replace(target)
     rows = [row for step in wanted for row in aggregate(step.name, results.get(step.name, []))]
     table = markdown(rows, info, gpu_column(a.gpu_results), errors, a.quick, stored=a.from_results)
     images = plots(results, out)

@@ -143,7 +143,7 @@ def main(profile: str, quick: bool, out: Path) -> dict:
         # the gate's tolerance against the champion is lifted (as in the gate test): the rebuilds measure what a
         # rebuild costs, and a run 0.02 below the first one's answer metrics must not stop the measurement
         extra = ("--env--corpus_dir", str(corpus), "--env--gate_tolerance", "1.0")
-        res = {"profile": profile, "quick": quick}
+        res = {"profile": profile, "quick": quick, "date": time.strftime("%Y-%m-%d", time.gmtime())}
         if quick:  # the harness check: the first tasks only, then the rebuilds on them
             extra += ("--partially", "index")
         res["first_build"] = build(art, profile, *extra)
