@@ -219,10 +219,12 @@ class Service:
                "LAB2PROD_LOG_DIR": str(self.tmp / "logs"),  # the benchmark's requests stay out of the artifacts' log
                "BENTOML_HOME": str(self.tmp / "bentoml"), "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "True",
                **self.extra_env}
-        bentoml = Path(sys.executable).with_name("bentoml")
+        script = Path(sys.executable).with_name("bentoml")
+        # an environment whose packages were installed into a folder of their own has no script beside its Python
+        bentoml = [str(script)] if script.exists() else [sys.executable, "-m", "bentoml"]
         self._t0 = time.perf_counter()
         with open(self.log_file, "ab") as log:
-            self.proc = subprocess.Popen([str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            self.proc = subprocess.Popen([*bentoml, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
                                          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_own_group)
         return self
 

@@ -281,6 +281,14 @@ def log_errors(log: str, keep: int = 10) -> dict:
     return {"count": len(records), "first": [x.replace(f"{ROOT}/", "") for x in first]}  # tracebacks: project paths
 
 
+def serving_description(svc: Service) -> dict:
+    "What the service says it runs on (`/lineage`'s serving block: device, engine, precision, adapter) and its start-up line."
+    import httpx
+    serving = httpx.get(f"{svc.url}/lineage", timeout=30).json().get("serving") or {}
+    line = next((x for x in svc.log_file.read_text(errors="replace").splitlines() if "lab2prod serving on" in x), "")
+    return serving | {"startup_line": line[line.find("lab2prod serving on"):]}
+
+
 def main(a: argparse.Namespace) -> dict:
     art = Path(a.artifacts)
     questions = question_pool(art)
@@ -290,6 +298,8 @@ def main(a: argparse.Namespace) -> dict:
                  "settings": {k: v for k, v in vars(a).items() if k not in ("out", "artifacts")}}
     with Service(art) as svc:
         res["service_startup_s"] = svc.startup_s
+        res["serving"] = serving_description(svc)
+        progress(res["serving"]["startup_line"] or "no start-up line in the service log")
         whole = OtherLoad().start()
         progress(f"service ready in {svc.startup_s} s; {svc.rss_mb()['total_mb']} MB resident")
         load = OtherLoad().start()

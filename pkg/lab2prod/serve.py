@@ -220,6 +220,7 @@ class MicroBatcher:
         self.on_batch = on_batch
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
+        self._last_size = 0
 
     async def submit(self, item):
         "The result of `fn` for `item`, computed in a batch with whatever else is waiting."
@@ -232,7 +233,8 @@ class MicroBatcher:
 
     async def _collect(self) -> list:
         batch = [await self._queue.get()]
-        deadline = time.monotonic() + self.max_latency
+        # a lone caller (the last batch was one item) has nobody to wait for: only a loaded batcher waits for company
+        deadline = time.monotonic() + (self.max_latency if self._last_size > 1 else 0.0)
         while len(batch) < self.max_batch_size:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
@@ -251,6 +253,7 @@ class MicroBatcher:
             batch = await self._collect()
             if not batch:
                 continue
+            self._last_size = len(batch)
             if self.on_batch:
                 self.on_batch(len(batch))
             items = [item for item, _ in batch]
