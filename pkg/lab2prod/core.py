@@ -5,6 +5,7 @@
 # %% ../../nbs/00_core.ipynb #7af1eada
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import importlib.metadata
@@ -16,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -29,8 +31,8 @@ __all__ = ['TELEMETRY_ENV', 'OFFLINE_ENV', 'JUPYTER_SERVER_CONFIG', 'log', 'PROF
            'project_root', 'resolve_path', 'progress_mode', 'Progress', 'progress', 'show_widget', 'Profile',
            'get_profile', 'Hardware', 'cpu_info', 'detect_hardware', 'choose_embedding_backend',
            'choose_generation_backend', 'choose_train_precision', 'choose_generation_precision', 'atomic_write_bytes',
-           'atomic_write_text', 'atomic_write_json', 'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'file_hash',
-           'dir_hash', 'params_hash', 'git_state', 'package_versions', 'build_lineage', 'write_lineage',
+           'atomic_write_text', 'atomic_write_json', 'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'MicroBatcher',
+           'file_hash', 'dir_hash', 'params_hash', 'git_state', 'package_versions', 'build_lineage', 'write_lineage',
            'pipeline_root', 'pipeline_env', 'pipeline_spec', 'pipeline_products', 'stage_products', 'stage_io',
            'ModelSpec', 'bundled_dir', 'resolve_model', 'cache_dir', 'unpacked_gguf', 'load_model', 'tracking_uri_for',
            'start_mlflow_run', 'install_model_package', 'lock_pins', 'write_environment_yml']
@@ -361,6 +363,70 @@ def run_sync(coro):
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+# %% ../../nbs/00_core.ipynb #b7c1e0a3
+class MicroBatcher:
+    "Gather concurrent `submit` calls into one call of `fn` over a list, run in a worker thread."
+
+    def __init__(self, fn, max_batch_size: int = 32, max_latency_ms: float = 2.0, on_batch=None):
+        self.fn, self.max_batch_size, self.max_latency = fn, max_batch_size, max_latency_ms / 1000
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+        self._last_size = 0
+
+    async def submit(self, item):
+        "The result of `fn` for `item`, computed in a batch with whatever else is waiting."
+        if self._worker is None or self._worker.done():
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.create_task(self._run())
+        fut = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, fut))
+        return await fut
+
+    async def _collect(self) -> list:
+        batch = [await self._queue.get()]
+        # a lone caller (the last batch was one item) has nobody to wait for: only a loaded batcher waits for company
+        deadline = time.monotonic() + (self.max_latency if self._last_size > 1 else 0.0)
+        while len(batch) < self.max_batch_size:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), wait))
+            except asyncio.TimeoutError:
+                break
+        return [(item, fut) for item, fut in batch if not fut.done()]
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._collect()
+            if not batch:
+                continue
+            self._last_size = len(batch)
+            if self.on_batch:
+                self.on_batch(len(batch))
+            items = [item for item, _ in batch]
+            try:
+                results = await asyncio.to_thread(self.fn, items)
+            except Exception:  # one bad item must not fail its neighbours: retry them one by one
+                results = [await asyncio.to_thread(self._one, item) for item in items]
+            for (_, fut), res in zip(batch, results):
+                if fut.done():
+                    continue
+                if isinstance(res, BaseException):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+
+    def _one(self, item):
+        try:
+            return self.fn([item])[0]
+        except Exception as e:
+            return e
 
 # %% ../../nbs/00_core.ipynb #0243037a
 def file_hash(path: str | os.PathLike, algo: str = "sha256") -> str:

@@ -9,6 +9,7 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from lab2prod.core import (
+    MicroBatcher,
     atomic_write_json,
     cache_dir,
     choose_generation_backend,
@@ -40,11 +42,11 @@ from lab2prod.core import (
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'LLAMA_CPP_SOURCE', 'LLAMA_TOOLS', 'ENGINE_QUANT', 'AGREEMENT_PROMPTS', 'llama_cpp_dir', 'find_llama_tool',
-           'install_llama_cpp', 'export_lora_gguf', 'requantize_gguf', 'export_base_gguf', 'Generation', 'Engine',
-           'TransformersEngine', 'free_port', 'EngineServer', 'start_llama_server', 'EngineError', 'PromptTooLong',
-           'LlamaCppEngine', 'VllmEngine', 'EngineSpec', 'read_engine_spec', 'same_model', 'load_engine',
-           'common_prefix', 'greedy_agreement', 'prepare_engine']
+__all__ = ['log', 'LLAMA_CPP_SOURCE', 'LLAMA_TOOLS', 'ENGINE_QUANT', 'TRANSFORMERS_MAX_BATCH', 'AGREEMENT_PROMPTS',
+           'llama_cpp_dir', 'find_llama_tool', 'install_llama_cpp', 'export_lora_gguf', 'requantize_gguf',
+           'export_base_gguf', 'Generation', 'Engine', 'TransformersEngine', 'free_port', 'EngineServer',
+           'start_llama_server', 'EngineError', 'PromptTooLong', 'LlamaCppEngine', 'VllmEngine', 'EngineSpec',
+           'read_engine_spec', 'same_model', 'load_engine', 'common_prefix', 'greedy_agreement', 'prepare_engine']
 
 # %% ../../nbs/03c_engine.ipynb #7d329920
 LLAMA_CPP_SOURCE = "llama-cpp-python==0.3.36"  # an sdist whose vendor/llama.cpp is llama.cpp's whole source tree
@@ -249,13 +251,19 @@ class Engine:
         pass
 
 # %% ../../nbs/03c_engine.ipynb #59f5a4ec
+# requests one generate call decodes together; measured on an H200 (gpu_path.py): batches of 8/32/64 gave 2.7x/14x/29x
+# one stream's tokens/s, while one BentoML worker sending them one by one got none of it (service_load.py on an H100)
+TRANSFORMERS_MAX_BATCH = 32
+
+
 class TransformersEngine(Engine):
     "The reference backend: transformers with the LoRA adapter merged."
     name = "transformers"
 
-    def __init__(self, model, tokenizer, info: dict | None = None):
+    def __init__(self, model, tokenizer, info: dict | None = None, max_batch_size: int = TRANSFORMERS_MAX_BATCH):
         super().__init__(tokenizer, info)
-        self.model = model
+        self.model, self.max_batch_size = model, max_batch_size
+        self._batchers: dict[int, MicroBatcher] = {}
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -285,6 +293,14 @@ class TransformersEngine(Engine):
                                       do_sample=False, pad_token_id=pad)
         seconds = time.perf_counter() - t0
         return [self._generation(row, len(x), max_new_tokens, seconds) for row, x in zip(out[:, width:].tolist(), ids)]
+
+    async def agenerate(self, messages: list[dict], max_new_tokens: int = 128) -> Generation:
+        "One answer; concurrent calls with the same `max_new_tokens` are decoded together in one batched `generate`."
+        batcher = self._batchers.get(max_new_tokens)
+        if batcher is None:
+            batcher = MicroBatcher(functools.partial(self.generate, max_new_tokens=max_new_tokens), self.max_batch_size)
+            self._batchers[max_new_tokens] = batcher
+        return await batcher.submit(messages)
 
     def _generation(self, row: list[int], n_prompt: int, max_new_tokens: int, seconds: float) -> Generation:
         eos = self.tokenizer.eos_token_id
@@ -669,6 +685,8 @@ def load_engine(engine_dir: str | os.PathLike, backend: str | None = None, base_
     info = {"requested": backend or spec.backend, "adapter_version": spec.adapter_version, "base_model": base}
     if chosen == "transformers":
         eng = TransformersEngine.load(base, adapter)
+        eng.max_batch_size = int(os.environ.get("LAB2PROD_ENGINE_PARALLEL", TRANSFORMERS_MAX_BATCH))
+        eng.info["max_batch_size"] = eng.max_batch_size
         eng.info.update(info)
         return eng
     from transformers import AutoTokenizer

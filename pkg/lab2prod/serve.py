@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 import bentoml
 from pydantic import BaseModel, Field
 
-from .core import detect_hardware, disable_telemetry, resolve_path
+from .core import MicroBatcher, detect_hardware, disable_telemetry, resolve_path
 
 with bentoml.importing():
     from lab2prod.engine import EngineError, PromptTooLong
@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'TOKENS', 'TTFT', 'IN_FLIGHT', 'RETRIEVE_BATCH', 'GUARDRAIL', 'PII', 'TOP_SIMILARITY', 'REJECTED', 'OPEN_PATHS',
            'JSON_ROUTES', 'GATEWAY_ERRORS', 'GPU', 'OPENAI_APP', 'ServiceSettings', 'load_settings', 'served',
            'SourceOut', 'UsageOut', 'LineageOut', 'AskOut', 'RetrieveOut', 'FeedbackOut', 'ChatMessage', 'ChatRequest',
-           'RequestLog', 'MicroBatcher', 'metric', 'count_answer', 'error_body', 'validation_detail', 'rewrite_error',
-           'BodyTooLarge', 'Gateway', 'document_gateway', 'served_lineage', 'chat_question', 'chat_completion',
-           'chat_chunk', 'openai_error', 'build_openai_app', 'Lab2Prod', 'ask_record']
+           'RequestLog', 'metric', 'count_answer', 'error_body', 'validation_detail', 'rewrite_error', 'BodyTooLarge',
+           'Gateway', 'document_gateway', 'served_lineage', 'chat_question', 'chat_completion', 'chat_chunk',
+           'openai_error', 'build_openai_app', 'Lab2Prod', 'ask_record']
 
 # %% ../../nbs/05_serve.ipynb #2cdc5a58
 class ServiceSettings(BaseModel):
@@ -210,70 +210,6 @@ class RequestLog:
         target = path.with_name(f"{path.stem}-{stamp}{path.suffix}")
         os.replace(path, target)
         return target
-
-# %% ../../nbs/05_serve.ipynb #e67d9516
-class MicroBatcher:
-    "Gather concurrent `submit` calls into one call of `fn` over a list, run in a worker thread."
-
-    def __init__(self, fn, max_batch_size: int = 32, max_latency_ms: float = 2.0, on_batch=None):
-        self.fn, self.max_batch_size, self.max_latency = fn, max_batch_size, max_latency_ms / 1000
-        self.on_batch = on_batch
-        self._queue: asyncio.Queue | None = None
-        self._worker: asyncio.Task | None = None
-        self._last_size = 0
-
-    async def submit(self, item):
-        "The result of `fn` for `item`, computed in a batch with whatever else is waiting."
-        if self._worker is None or self._worker.done():
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.create_task(self._run())
-        fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, fut))
-        return await fut
-
-    async def _collect(self) -> list:
-        batch = [await self._queue.get()]
-        # a lone caller (the last batch was one item) has nobody to wait for: only a loaded batcher waits for company
-        deadline = time.monotonic() + (self.max_latency if self._last_size > 1 else 0.0)
-        while len(batch) < self.max_batch_size:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            wait = deadline - time.monotonic()
-            if wait <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), wait))
-            except asyncio.TimeoutError:
-                break
-        return [(item, fut) for item, fut in batch if not fut.done()]
-
-    async def _run(self) -> None:
-        while True:
-            batch = await self._collect()
-            if not batch:
-                continue
-            self._last_size = len(batch)
-            if self.on_batch:
-                self.on_batch(len(batch))
-            items = [item for item, _ in batch]
-            try:
-                results = await asyncio.to_thread(self.fn, items)
-            except Exception:  # one bad item must not fail its neighbours: retry them one by one
-                results = [await asyncio.to_thread(self._one, item) for item in items]
-            for (_, fut), res in zip(batch, results):
-                if fut.done():
-                    continue
-                if isinstance(res, BaseException):
-                    fut.set_exception(res)
-                else:
-                    fut.set_result(res)
-
-    def _one(self, item):
-        try:
-            return self.fn([item])[0]
-        except Exception as e:
-            return e
 
 # %% ../../nbs/05_serve.ipynb #74f86943
 def metric(kind: str, name: str, documentation: str, **kw):
