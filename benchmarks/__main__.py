@@ -223,11 +223,28 @@ def markdown(rows: list[dict], info: dict, gpu: dict | None, errors: dict[str, s
     return "\n".join(lines) + "\n"
 
 
-def gpu_column(path: Path | None) -> dict | None:
-    "The GPU figures gpu_path.py measured on a lent GPU machine, keyed like the CPU rows they sit beside."
-    if not path or not path.exists():
+def gpu_column(paths: list[Path] | None) -> dict | None:
+    """The figures measured on lent GPU machines, keyed like the CPU rows they sit beside: gpu_path.py's (the engine
+    and training) and service_load.py's (the HTTP service), each file naming its own machine."""
+    figs, names, dates = {}, [], []
+    for path in paths or []:
+        if not path.exists():
+            continue
+        g = json.loads(path.read_text())
+        if "retrieve" in g:  # service_load.py, run on the GPU machine
+            part = {what: f"{_fmt(ours)} {unit}".strip() for what, ours, _, unit in figures("service", g) if ours is not None}
+            name, date, role = _dig(g, "serving", "gpu") or _dig(g, "machine", "gpu"), _dig(g, "machine", "date"), "service"
+        else:
+            part, name, date, role = _gpu_path_figures(g), _dig(g, "hardware", "gpu"), g.get("date"), "engine, training"
+        figs |= part
+        names.append(f"{name or 'GPU'}: {role}")
+        dates.append(str(date or "")[:10])
+    if not figs:
         return None
-    g = json.loads(path.read_text())
+    return {"name": "; ".join(names), "date": max(dates), "figures": figs}
+
+
+def _gpu_path_figures(g: dict) -> dict:
     served = {b["requests"]: b["tokens_per_s"] for b in _dig(g, "served_engine", "batches") or []}
     one = _dig(g, "served_engine", "one_stream", "tokens_per_s") or _dig(g, "cuda_fp32", "one_stream", "tokens_per_s")
     figs = {"one stream with the adapter (baseline: llama-bench)": f"{one} tokens/s" if one else ""}
@@ -237,7 +254,7 @@ def gpu_column(path: Path | None) -> dict | None:
     if _dig(g, "train_auto", "seconds"):
         figs["fine-tuning bf16 (baseline: the earlier loop)"] = f"30 steps in {g['train_auto']['seconds']} s"
         figs["fine-tuning fp32 (baseline: the earlier loop)"] = f"30 steps in {g['train_fp32']['seconds']} s"
-    return {"name": _dig(g, "hardware", "gpu") or "GPU", "date": g.get("date", ""), "figures": figs}
+    return figs
 
 
 def plots(results: dict[str, list[dict]], out: Path) -> list[Path]:
@@ -307,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each benchmark (median, min and max over them)")
     ap.add_argument("--artifacts", type=Path, default=None,
                     help="a pipeline run's artifacts folder for the serving benchmarks (default: theirs)")
-    ap.add_argument("--gpu-results", type=Path, default=RESULTS / "gpu_path.h200.json",
-                    help="gpu_path.py's JSON from a lent GPU machine, for the GPU column")
+    ap.add_argument("--gpu-results", type=Path, nargs="*",
+                    default=[RESULTS / "gpu_path.h200.json", RESULTS / "service_load.h100.json"],
+                    help="gpu_path.py's and service_load.py's JSON from lent GPU machines, for the GPU column")
     ap.add_argument("--readme", action="store_true", help="copy the table and plots into README.md")
     ap.add_argument("--from-results", action="store_true",
                     help="run nothing: report each benchmark's last full run stored in benchmarks/results/")
