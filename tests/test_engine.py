@@ -1,12 +1,15 @@
 "The generation engines: the served engine keeps the adapter and agrees with the merged reference, each backend can be forced, the llama.cpp server survives a crash."
+import asyncio
 import os
 import signal
 import time
 
 import pytest
 
+from lab2prod.core import run_sync
 from lab2prod.engine import (
     AGREEMENT_PROMPTS,
+    TRANSFORMERS_MAX_BATCH,
     EngineError,
     PromptTooLong,
     TransformersEngine,
@@ -90,6 +93,14 @@ def test_each_backend_can_be_forced(engine_dir):
             assert g.text and 0 < g.completion_tokens <= 8 and g.prompt_tokens > 5
             pieces = list(eng.stream([{"role": "user", "content": "Name one primary colour."}], 8))
             assert "".join(p for p in pieces if isinstance(p, str)).strip() == g.text, backend
+            if backend == "transformers":  # concurrent requests are decoded as one batch, with the same answers
+                msgs = [[{"role": "user", "content": q}] for q in ("Name one primary colour.", "Name one prime number.")]
+
+                async def both():
+                    return await asyncio.gather(*[eng.agenerate(m, 8) for m in msgs])
+
+                assert [x.text for x in run_sync(both())] == [x.text for x in eng.generate(msgs, 8)]
+                assert eng.describe()["max_batch_size"] == TRANSFORMERS_MAX_BATCH
         finally:
             eng.close()
 
