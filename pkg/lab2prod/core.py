@@ -28,14 +28,15 @@ from pydantic import BaseModel, Field
 __all__ = ['TELEMETRY_ENV', 'OFFLINE_ENV', 'JUPYTER_SERVER_CONFIG', 'log', 'PROFILES', 'EMBEDDING_BACKENDS',
            'GENERATION_BACKENDS', 'TRAIN_PRECISIONS', 'BF16_MIN_PARAMS', 'LINEAGE_PACKAGES', 'BUNDLED', 'EXPERIMENT',
            'STARTED_WITH_TRACKING_URI', 'disable_telemetry', 'install_telemetry_guard', 'install_jupyter_config',
-           'project_root', 'resolve_path', 'progress_mode', 'Progress', 'progress', 'show_widget', 'Profile',
-           'get_profile', 'Hardware', 'cpu_info', 'detect_hardware', 'choose_embedding_backend',
-           'choose_generation_backend', 'choose_train_precision', 'choose_generation_precision', 'atomic_write_bytes',
-           'atomic_write_text', 'atomic_write_json', 'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'MicroBatcher',
-           'file_hash', 'dir_hash', 'params_hash', 'git_state', 'package_versions', 'build_lineage', 'write_lineage',
-           'pipeline_root', 'pipeline_env', 'pipeline_spec', 'pipeline_products', 'stage_products', 'stage_io',
-           'ModelSpec', 'bundled_dir', 'resolve_model', 'cache_dir', 'unpacked_gguf', 'load_model', 'tracking_uri_for',
-           'start_mlflow_run', 'install_model_package', 'lock_pins', 'write_environment_yml']
+           'AcyclicThreadParents', 'guard_kernel_streams', 'project_root', 'resolve_path', 'progress_mode', 'Progress',
+           'progress', 'show_widget', 'Profile', 'get_profile', 'Hardware', 'cpu_info', 'detect_hardware',
+           'choose_embedding_backend', 'choose_generation_backend', 'choose_train_precision',
+           'choose_generation_precision', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
+           'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'MicroBatcher', 'file_hash', 'dir_hash', 'params_hash',
+           'git_state', 'package_versions', 'build_lineage', 'write_lineage', 'pipeline_root', 'pipeline_env',
+           'pipeline_spec', 'pipeline_products', 'stage_products', 'stage_io', 'ModelSpec', 'bundled_dir',
+           'resolve_model', 'cache_dir', 'unpacked_gguf', 'load_model', 'tracking_uri_for', 'start_mlflow_run',
+           'install_model_package', 'lock_pins', 'write_environment_yml']
 
 # %% ../../nbs/00_core.ipynb #1c60ef71
 TELEMETRY_ENV = {
@@ -86,6 +87,36 @@ def install_jupyter_config(prefix: str | os.PathLike | None = None) -> Path:
     # the `.d` folder beside it only enables extensions: the contents manager is set in the main file
     path = Path(prefix or sys.prefix) / "etc" / "jupyter" / "jupyter_server_config.json"
     return atomic_write_text(path, json.dumps(JUPYTER_SERVER_CONFIG, indent=2) + "\n")
+
+# %% ../../nbs/00_core.ipynb #c4a1e7d1
+class AcyclicThreadParents(dict):
+    "ipykernel's thread-to-parent map, refusing an entry that would close a cycle (thread ids are reused)."
+
+    def __setitem__(self, child, parent) -> None:
+        node, seen = parent, set()
+        while node is not None and node not in seen:
+            if node == child:
+                return  # the walk over this map would never end: the thread's output goes to the running cell
+            seen.add(node)
+            node = self.get(node)
+        super().__setitem__(child, parent)
+
+
+def guard_kernel_streams() -> bool:
+    "Make a Jupyter kernel's thread-to-parent maps acyclic (ipykernel 6.29+); False where there are none (no kernel)."
+    import sys
+    guarded = False
+    for stream in (sys.stdout, sys.stderr):
+        parents = getattr(stream, "_thread_to_parent", None)
+        if isinstance(parents, dict):
+            if not isinstance(parents, AcyclicThreadParents):
+                stream._thread_to_parent = AcyclicThreadParents(parents)
+            guarded = True
+    return guarded
+
+
+guard_kernel_streams()
+
 
 # %% ../../nbs/00_core.ipynb #3a2b89fc
 log = logging.getLogger(__name__)
