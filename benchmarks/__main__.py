@@ -64,8 +64,19 @@ def machine() -> dict:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def missing_run(artifacts: Path | None) -> str | None:
+    "Why the benchmarks that measure a pipeline run (fine-tuning, generation, service) cannot run, or None."
+    from lab2prod.core import stage_products
+    folder = artifacts or ROOT / "artifacts"
+    if Path(stage_products("package", folder)["served"]).exists():
+        return None
+    return f"no packaged pipeline run in {folder}: run `make pipeline` first (`make benchmarks` does), or pass --artifacts"
+
+
 def run_step(step: Step, quick: bool, artifacts: Path | None, out: Path) -> dict:
     "Run one benchmark in its own process; its JSON, with the seconds it took (an error is recorded, not raised)."
+    if step.needs_artifacts and (why := missing_run(artifacts)):
+        return {"error": why, "seconds": 0.0}
     args = [sys.executable, str(ROOT / "benchmarks" / step.script), *(step.quick if quick else step.full), "--out", str(out)]
     if step.needs_artifacts and artifacts:
         args += ["--artifacts", str(artifacts)]
