@@ -268,7 +268,8 @@ class TransformersEngine(Engine):
             tokenizer.pad_token = tokenizer.eos_token
 
     @classmethod
-    def load(cls, base_model: str, adapter_dir: str | os.PathLike | None = None, device: str | None = None) -> "TransformersEngine":
+    def load(cls, base_model: str, adapter_dir: str | os.PathLike | None = None, device: str | None = None,
+             max_batch_size: int = TRANSFORMERS_MAX_BATCH) -> "TransformersEngine":
         "The base model with the adapter in `adapter_dir` merged (when there is one), on the best device here."
         import torch
         hw = detect_hardware()
@@ -278,7 +279,8 @@ class TransformersEngine(Engine):
             from peft import PeftModel
             model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
         dtype = getattr(torch, choose_generation_precision(device, model.num_parameters(), hw))
-        return cls(model.to(dtype).eval(), tok, {"device": device, "precision": str(dtype).removeprefix("torch.")})
+        return cls(model.to(dtype).eval(), tok, {"device": device, "precision": str(dtype).removeprefix("torch."),
+                                                 "max_batch_size": max_batch_size}, max_batch_size)
 
     def generate(self, prompts: list[list[dict]], max_new_tokens: int = 128) -> list[Generation]:
         import torch
@@ -684,9 +686,8 @@ def load_engine(engine_dir: str | os.PathLike, backend: str | None = None, base_
     adapter = engine_dir / spec.adapter if spec.adapter else None
     info = {"requested": backend or spec.backend, "adapter_version": spec.adapter_version, "base_model": base}
     if chosen == "transformers":
-        eng = TransformersEngine.load(base, adapter)
-        eng.max_batch_size = int(os.environ.get("LAB2PROD_ENGINE_PARALLEL", TRANSFORMERS_MAX_BATCH))
-        eng.info["max_batch_size"] = eng.max_batch_size
+        eng = TransformersEngine.load(base, adapter,
+                                      max_batch_size=int(os.environ.get("LAB2PROD_ENGINE_PARALLEL", TRANSFORMERS_MAX_BATCH)))
         eng.info.update(info)
         return eng
     from transformers import AutoTokenizer
