@@ -157,6 +157,12 @@ def figures(name: str, r: dict) -> list[tuple[str, float | None, float | None, s
         rows.append(("/retrieve, 32 clients, batched (baseline: one at a time)",
                      _dig(r, "retrieve", "concurrent", "queries_per_s"), _dig(r, "retrieve", "one_at_a_time", "queries_per_s"),
                      "queries/s"))
+        floor = _dig(r, "retrieve", "http_floor") or {}
+        if floor:
+            rows.append((f"/retrieve, {floor['clients']} clients (baseline: GET /livez, no work, same clients)",
+                         _dig(r, "retrieve", "concurrent", "queries_per_s"), floor.get("requests_per_s"), "queries/s"))
+            rows.append((f"/retrieve, {floor['clients']} clients: p99 (baseline: GET /livez, no work, same clients)",
+                         _dig(r, "retrieve", "concurrent", "latency_ms", "p99"), _dig(floor, "latency_ms", "p99"), "ms"))
         off = r.get("unbatched") or {}
         for n, v in sorted((_dig(r, "retrieve", "levels") or {}).items(), key=lambda kv: int(kv[0])):
             base = _dig(off, "retrieve", n) or {}

@@ -13,6 +13,8 @@ and the share of prompt tokens the engine served from its prompt cache is record
     Then paced: the same 32 clients, each sending one query every 32/R s (R = each `--retrieve-paced-share` of the
     closed-loop queries/s), so the service runs below saturation as it would in production -> p50/p99. (With 32
     clients sending back to back, latency is 32 / throughput by Little's law: the closed-loop p99 measures capacity.)
+    The floor under those figures: GET /livez (a route that does no work) with the same clients for the same time ->
+    the requests/s and p99 of BentoML's HTTP server alone on this machine (`http_floor`); no /retrieve can beat it.
 (b) /ask at 1/8/32 clients, each looping over the questions for `--ask-seconds`
     (max_new_tokens `--ask-tokens`): answers/s, completion tokens/s, p50/p99 latency.
 (c) soak (`--soak-minutes`): open-loop mixed traffic at `--soak-rate` requests/s, 70% /retrieve, 25% /ask
@@ -110,6 +112,19 @@ def retrieve_phase(svc: Service, queries: list[str], clients: int, seconds: floa
             "one_at_a_time": {"clients": 1, "queries": n, "errors": q["errors"], "wall_s": q["wall_s"],
                               "queries_per_s": q["requests_per_s"], "latency_ms": latency_ms(seq)},
             "throughput_ratio": round(c["requests_per_s"] / q["requests_per_s"], 2) if q["requests_per_s"] else None}
+
+
+async def _livez(client: httpx.AsyncClient, _) -> Result:
+    r = await client.get("/livez")
+    return Result(0, r.status_code)
+
+
+def http_floor(svc: Service, clients: int, seconds: float) -> dict:
+    "GET /livez by `clients` clients for `seconds`: what the HTTP server alone serves, the ceiling of every route."
+    run = run_clients(clients, list(range(64)), _livez, svc.url, duration_s=seconds)
+    s = run.summary()
+    return {"route": "/livez", "clients": clients, "requests": len(run.results), "errors": s["errors"],
+            "requests_per_s": s["requests_per_s"], "latency_ms": latency_ms(run)}
 
 
 def retrieve_levels(svc: Service, queries: list[str], levels: list[int], seconds: float, counter) -> dict:
@@ -307,12 +322,14 @@ def main(a: argparse.Namespace) -> dict:
         r = res["retrieve"]
         r["paced"] = [paced_retrieve(svc, questions, a.retrieve_clients, share * r["concurrent"]["queries_per_s"],
                                      a.retrieve_seconds) | {"share_of_capacity": share} for share in a.retrieve_paced_share]
+        r["http_floor"] = http_floor(svc, a.retrieve_clients, a.retrieve_seconds)
         r["other_cores_busy"] = load.stop()
         progress(f"  /retrieve {a.retrieve_clients} clients: {r['concurrent']['queries_per_s']} q/s, p50 "
                  f"{r['concurrent']['latency_ms']['p50']} ms, p99 {r['concurrent']['latency_ms']['p99']} ms, mean batch "
                  f"{r['concurrent']['mean_batch_size']} | 1 client: {r['one_at_a_time']['queries_per_s']} q/s | "
                  f"{r['throughput_ratio']}x | paced: " + ", ".join(
-                     f"{p['rate_per_s']} q/s p50 {p['latency_ms']['p50']} ms p99 {p['latency_ms']['p99']} ms" for p in r["paced"]))
+                     f"{p['rate_per_s']} q/s p50 {p['latency_ms']['p50']} ms p99 {p['latency_ms']['p99']} ms" for p in r["paced"])
+                 + f" | GET /livez: {r['http_floor']['requests_per_s']} req/s, p99 {r['http_floor']['latency_ms']['p99']} ms")
         r["levels"] = retrieve_levels(svc, questions, a.retrieve_levels, a.retrieve_seconds, itertools.count(2 * 10**6))
         load = OtherLoad().start()
         res["ask"] = ask_phase(svc, questions, a.ask_clients, a.ask_seconds, a.ask_tokens)
@@ -342,6 +359,9 @@ def print_table(res: dict) -> None:
     for name, clients, v in (("/retrieve", r["concurrent"]["clients"], r["concurrent"]),
                              ("/retrieve one at a time", 1, r["one_at_a_time"])):
         print(f"| {name} | {clients} | {v['queries_per_s']} | | {v['latency_ms']['p50']} | {v['latency_ms']['p99']} | {v['errors']} | |")
+    if f := r.get("http_floor"):
+        print(f"| GET /livez (no work: the HTTP floor) | {f['clients']} | {f['requests_per_s']} | | {f['latency_ms']['p50']} | "
+              f"{f['latency_ms']['p99']} | {f['errors']} | |")
     for v in r["paced"]:
         print(f"| /retrieve paced at {v['share_of_capacity']:.0%} of capacity | {v['clients']} | {v['rate_per_s']} | | "
               f"{v['latency_ms']['p50']} | {v['latency_ms']['p99']} | {v['errors']} | |")

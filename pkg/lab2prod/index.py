@@ -476,16 +476,25 @@ class Retriever:
             raise ValueError(f"k={k} is larger than the collection ({len(self)} chunks)")
         return k
 
+    def dense_scored_many(self, queries: list[str], n: int) -> list[list[tuple[int, float]]]:
+        "For each query, `(row, cosine similarity)` of the `n` nearest chunks by embedding, best first: one Chroma call."
+        res = self.collection.query(query_embeddings=np.vstack(self.embed_queries(queries)), n_results=n,
+                                    include=["distances"])
+        return [[(self._row[i], 1.0 - float(d)) for i, d in zip(ids, dists) if i in self._row]
+                for ids, dists in zip(res["ids"], res["distances"])]
+
     def dense_scored(self, query: str, n: int) -> list[tuple[int, float]]:
         "`(row, cosine similarity)` of the `n` nearest chunks by embedding, best first."
-        q = self.embed_query(query)
-        res = self.collection.query(query_embeddings=q, n_results=n, include=["distances"])
-        return [(self._row[i], 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0]) if i in self._row]
+        return self.dense_scored_many([query], n)[0]
+
+    def lexical_scored_many(self, queries: list[str], n: int) -> list[list[tuple[int, float]]]:
+        "For each query, `(row, BM25 score)` of the `n` best BM25 matches, best first (chunks sharing no term are left out)."
+        docs, scores = self.bm25.retrieve(tokenize_for_bm25(queries), k=min(n, len(self)), show_progress=False)
+        return [[(int(d), float(s)) for d, s in zip(drow, srow) if s > 0] for drow, srow in zip(docs, scores)]
 
     def lexical_scored(self, query: str, n: int) -> list[tuple[int, float]]:
         "`(row, BM25 score)` of the `n` best BM25 matches, best first (chunks sharing no term are left out)."
-        docs, scores = self.bm25.retrieve(tokenize_for_bm25([query]), k=min(n, len(self)), show_progress=False)
-        return [(int(d), float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
+        return self.lexical_scored_many([query], n)[0]
 
     def dense_rows(self, query: str, n: int) -> list[int]:
         "Row numbers of the `n` nearest chunks by embedding."
@@ -495,17 +504,20 @@ class Retriever:
         "Row numbers of the `n` best BM25 matches (chunks sharing no term are left out)."
         return [r for r, _ in self.lexical_scored(query, n)]
 
-    def rank(self, query: str, n: int) -> tuple[list[tuple[int, float]], dict[str, dict[int, tuple[int, float]]]]:
-        "The fused ranking `(row, score)` of up to `n` candidates per retriever, and each retriever's `row -> (rank, score)`."
-        lists: dict[str, list[tuple[int, float]]] = {}
+    def rank_many(self, queries: list[str], n: int) -> list[tuple[list[tuple[int, float]], dict[str, dict[int, tuple[int, float]]]]]:
+        "`rank` for several queries, each retriever called once for all of them."
+        lists: dict[str, list[list[tuple[int, float]]]] = {}
         if self.mode == "lexical":
-            lists["lexical"] = self.lexical_scored(query, n)
+            lists["lexical"] = self.lexical_scored_many(queries, n)
         elif self.mode == "dense":
-            lists["dense"] = self.dense_scored(query, n)
+            lists["dense"] = self.dense_scored_many(queries, n)
         else:  # the two retrievers release the GIL in native code, so they overlap
-            lexical = _POOL.submit(self.lexical_scored, query, n)
-            lists["dense"] = self.dense_scored(query, n)
+            lexical = _POOL.submit(self.lexical_scored_many, queries, n)
+            lists["dense"] = self.dense_scored_many(queries, n)
             lists["lexical"] = lexical.result()
+        return [self._fuse({name: found[i] for name, found in lists.items()}) for i in range(len(queries))]
+
+    def _fuse(self, lists: dict[str, list[tuple[int, float]]]) -> tuple[list[tuple[int, float]], dict[str, dict[int, tuple[int, float]]]]:
         if self.mode != "hybrid":
             ranked = next(iter(lists.values()))
         elif self.settings.fusion == "score":
@@ -515,27 +527,42 @@ class Retriever:
         per = {name: {row: (i + 1, s) for i, (row, s) in enumerate(lst)} for name, lst in lists.items()}
         return ranked, per
 
+    def rank(self, query: str, n: int) -> tuple[list[tuple[int, float]], dict[str, dict[int, tuple[int, float]]]]:
+        "The fused ranking `(row, score)` of up to `n` candidates per retriever, and each retriever's `row -> (rank, score)`."
+        return self.rank_many([query], n)[0]
+
     def search(self, query: str, k: int = 5) -> list[Hit]:
         "The `k` best chunks for `query`, best first; each hit's `explain` says where each retriever ranked it."
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError("query must be a non-empty string")
-        k = self._check_k(k)
-        n = min(len(self), max(4 * k, self.settings.candidates))  # a fixed pool: the top 5 do not depend on k
-        ranked, per = self.rank(query, n)
-        rows = self.chunks.iloc[[r for r, _ in ranked[:k]]]
-        hits = []
-        for r, (row, s) in zip(rows.itertuples(), ranked[:k]):
-            explain = {name: dict(zip(("rank", "score"), found[row])) if row in found else None for name, found in per.items()}
-            explain["fused"] = {"method": self.settings.fusion if self.mode == "hybrid" else self.mode, "score": round(float(s), 6)}
-            hits.append(Hit(source=r.source, text=r.text, score=round(float(s), 6), chunk_id=r.chunk_id, heading=r.heading,
-                            explain=explain))
-        return hits
+        return self.search_many([query], k)[0]
 
     def search_many(self, queries: list[str], k: int | list[int] = 5) -> list[list[Hit]]:
-        "`search` for several queries, their embeddings computed as one batch (what a busy service wants)."
+        """`search` for several queries: their embeddings computed as one batch, then one Chroma query, one BM25
+        retrieval and one chunk lookup for all of them (what a busy service wants)."""
         ks = k if isinstance(k, list) else [k] * len(queries)
-        self.embed_queries([q for q in queries if isinstance(q, str) and q.strip()])
-        return [self.search(q, kk) for q, kk in zip(queries, ks)]
+        if len(ks) != len(queries):
+            raise ValueError(f"search_many got {len(queries)} queries and {len(ks)} values of k")
+        for q in queries:
+            if not isinstance(q, str) or not q.strip():
+                raise ValueError("query must be a non-empty string")
+        ks = [self._check_k(kk) for kk in ks]
+        pools = [min(len(self), max(4 * kk, self.settings.candidates)) for kk in ks]  # a fixed pool: the top 5 do not depend on k
+        ranked: list = [None] * len(queries)
+        for n in sorted(set(pools)):
+            same = [i for i, p in enumerate(pools) if p == n]
+            for i, result in zip(same, self.rank_many([queries[i] for i in same], n)):
+                ranked[i] = result
+        rows = self.chunks.iloc[[row for (fused, _), kk in zip(ranked, ks) for row, _ in fused[:kk]]].itertuples()
+        method = self.settings.fusion if self.mode == "hybrid" else self.mode
+        out = []
+        for (fused, per), kk in zip(ranked, ks):
+            hits = []
+            for (row, s), r in zip(fused[:kk], rows):  # fused first: zip then never takes a row past this query's
+                explain = {name: dict(zip(("rank", "score"), found[row])) if row in found else None for name, found in per.items()}
+                explain["fused"] = {"method": method, "score": round(float(s), 6)}
+                hits.append(Hit(source=r.source, text=r.text, score=round(float(s), 6), chunk_id=r.chunk_id,
+                                heading=r.heading, explain=explain))
+            out.append(hits)
+        return out
 
 # %% ../../nbs/02_index.ipynb #8d7bb956
 def data_fingerprint(chunks_path: str | os.PathLike) -> str:
