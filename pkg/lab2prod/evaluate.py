@@ -16,9 +16,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:  # the playground's types; the module imports the chain only when a playground is built
-    import pandas as pd
+    import pandas
 
-    from lab2prod.rag import Prompt, RagChain
+    import lab2prod.rag as rag_types
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +399,7 @@ def golden_scorers(embed):
     return [token_f1_score, rouge_l_score, semantic_similarity_score, groundedness_score, hit_at_5_score]
 
 # %% ../../nbs/04_evaluate.ipynb #a19e9ce8
-def prompt_from_text(text: str, name: str = "rag_system") -> Prompt:
+def prompt_from_text(text: str, name: str = "rag_system") -> rag_types.Prompt:
     "A prompt from edited text, versioned as a prompt file with that content would be."
     import hashlib
 
@@ -410,7 +410,7 @@ def prompt_from_text(text: str, name: str = "rag_system") -> Prompt:
     return Prompt(name=name, text=text, version=hashlib.sha256(text.encode()).hexdigest()[:12], path="(edited)")
 
 
-def with_prompt(chain: RagChain, prompt: Prompt) -> RagChain:
+def with_prompt(chain: rag_types.RagChain, prompt: rag_types.Prompt) -> rag_types.RagChain:
     "The same chain (index, engine, guardrails) answering with another system prompt."
     import copy
     other = copy.copy(chain)
@@ -418,7 +418,7 @@ def with_prompt(chain: RagChain, prompt: Prompt) -> RagChain:
     return other
 
 
-def compare_prompts(chain: RagChain, rows: list[dict], a: Prompt, b: Prompt, max_new_tokens: int = 64) -> pd.DataFrame:
+def compare_prompts(chain: rag_types.RagChain, rows: list[dict], a: rag_types.Prompt, b: rag_types.Prompt, max_new_tokens: int = 64) -> pandas.DataFrame:
     "Answers of the chain with prompts `a` and `b` to golden `rows`, with token F1 and ROUGE-L against the reference."
     import pandas as pd
     questions = [r["question"] for r in rows]
@@ -431,7 +431,7 @@ def compare_prompts(chain: RagChain, rows: list[dict], a: Prompt, b: Prompt, max
     return out
 
 
-def comparison_html(df: pd.DataFrame, a: Prompt, b: Prompt) -> str:
+def comparison_html(df: pandas.DataFrame, a: rag_types.Prompt, b: rag_types.Prompt) -> str:
     "Two prompt versions side by side: their mean metrics, then each question's answers."
     import html
     e = html.escape
@@ -444,7 +444,7 @@ def comparison_html(df: pd.DataFrame, a: Prompt, b: Prompt) -> str:
             f"<table><tr><th>question</th><th>A</th><th>B</th><th>reference</th></tr>{rows}</table>")
 
 
-def save_prompt(text: str, name: str = "rag_system", folder: str | os.PathLike | None = None) -> Prompt:
+def save_prompt(text: str, name: str = "rag_system", folder: str | os.PathLike | None = None) -> rag_types.Prompt:
     "Write an edited prompt as the prompt file (atomically); its content hash is the new version."
     from lab2prod.core import atomic_write_text
     from lab2prod.rag import load_prompt, prompts_dir
@@ -453,7 +453,7 @@ def save_prompt(text: str, name: str = "rag_system", folder: str | os.PathLike |
     return load_prompt(name, folder)
 
 
-def prompt_playground(chain: RagChain, golden: list[dict], max_new_tokens: int = 64, folder: str | os.PathLike | None = None):
+def prompt_playground(chain: rag_types.RagChain, golden: list[dict], max_new_tokens: int = 64, folder: str | os.PathLike | None = None):
     "Edit the system prompt, compare it with the current one on chosen golden questions, save it as a new version."
     import ipywidgets as w
     from IPython.display import HTML, display
