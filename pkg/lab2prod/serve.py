@@ -37,7 +37,7 @@ __all__ = ['log', 'TOKENS', 'TTFT', 'IN_FLIGHT', 'RETRIEVE_BATCH', 'GUARDRAIL', 
            'SourceOut', 'UsageOut', 'LineageOut', 'AskOut', 'RetrieveOut', 'FeedbackOut', 'ChatMessage', 'ChatRequest',
            'RequestLog', 'metric', 'count_answer', 'error_body', 'validation_detail', 'rewrite_error', 'BodyTooLarge',
            'Gateway', 'document_gateway', 'served_lineage', 'chat_question', 'chat_completion', 'chat_chunk',
-           'openai_error', 'build_openai_app', 'Lab2Prod', 'ask_record']
+           'openai_error', 'build_openai_app', 'release_request_timers', 'Lab2Prod', 'ask_record']
 
 # %% ../../nbs/05_serve.ipynb #2cdc5a58
 class ServiceSettings(BaseModel):
@@ -505,6 +505,48 @@ def build_openai_app():
     async def http_error(_, exc: HTTPException):  # a body that is not JSON, an unknown route, a wrong method
         return openai_error(exc.status_code, str(exc.detail), headers=exc.headers)
     return app
+
+# %% ../../nbs/05_serve.ipynb #2ccb13e1
+def release_request_timers() -> bool:
+    "Make BentoML's TimeoutMiddleware cancel each request's timer when the request ends; False if its shape is unknown."
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+    if getattr(TimeoutMiddleware.__call__, "releases_timer", False):
+        return True
+    if not hasattr(TimeoutMiddleware, "_set_timer_out"):  # another BentoML: leave its middleware alone
+        log.warning("BentoML's TimeoutMiddleware is not the known one; its request timers are left as they are")
+        return False
+
+    async def call(self, scope, receive, send):
+        from starlette.responses import JSONResponse
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
+
+        async def started(message) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+            await send(message)
+
+        task = asyncio.ensure_future(self.app(scope, receive, started))
+        try:
+            await waiter
+        except asyncio.TimeoutError:
+            if task.cancel():
+                body = {"error": f"Not able to process the request in {self.timeout} seconds"}
+                await JSONResponse(body, status_code=504)(scope, receive, send)
+        else:
+            await task
+        finally:
+            timer.cancel()
+
+    call.releases_timer = True
+    TimeoutMiddleware.__call__ = call
+    return True
+
+
+release_request_timers()
 
 # %% ../../nbs/05_serve.ipynb #f025830b
 OPENAI_APP = build_openai_app()
