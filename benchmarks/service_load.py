@@ -44,6 +44,7 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,6 +58,7 @@ from _serving import (
     contention_note,
     exit_on_sigterm,
     machine_info,
+    open_client,
     percentiles,
     progress,
     question_pool,
@@ -74,10 +76,12 @@ BAD = [("/retrieve", {"query": "", "k": 4}, None), ("/retrieve", {"query": "   "
 
 
 def retrieve_sender(counter: itertools.count, k: int = 4):
-    "POST /retrieve; a number after the question makes every query new, so none is served from the query cache."
-    async def send(client: httpx.AsyncClient, query: str) -> Result:
-        r = await client.post("/retrieve", json={"query": f"{query} ({next(counter)})", "k": k})
-        return Result(0, r.status_code, extra={} if r.status_code == 200 else {"error": r.text[:200]})
+    """POST /retrieve from a lean (aiohttp) client; a number after the question makes every query new, so none is
+    served from the query cache."""
+    async def send(client: aiohttp.ClientSession, query: str) -> Result:
+        async with client.post("/retrieve", json={"query": f"{query} ({next(counter)})", "k": k}) as r:
+            body = await r.text()
+        return Result(0, r.status, extra={} if r.status == 200 else {"error": body[:200]})
     return send
 
 
@@ -97,13 +101,13 @@ def latency_ms(run) -> dict:
 def retrieve_phase(svc: Service, queries: list[str], clients: int, seconds: float) -> dict:
     "32 clients for `seconds`, then the same number of queries one at a time."
     counter = itertools.count()
-    run_clients(4, queries[:8], retrieve_sender(counter), svc.url)  # warm-up (the embedder's first batches)
+    run_clients(4, queries[:8], retrieve_sender(counter), svc.url, lean=True)  # warm-up (the embedder's first batches)
     s0, n0 = svc.metric("lab2prod_retrieve_batch_size_sum"), svc.metric("lab2prod_retrieve_batch_size_count")
-    conc = run_clients(clients, queries, retrieve_sender(counter), svc.url, duration_s=seconds)
+    conc = run_clients(clients, queries, retrieve_sender(counter), svc.url, duration_s=seconds, lean=True)
     s1, n1 = svc.metric("lab2prod_retrieve_batch_size_sum"), svc.metric("lab2prod_retrieve_batch_size_count")
     n = len(conc.results)
     seq_list = (queries * (n // len(queries) + 1))[:n]
-    seq = run_clients(1, seq_list, retrieve_sender(counter), svc.url, rotate=False)
+    seq = run_clients(1, seq_list, retrieve_sender(counter), svc.url, rotate=False, lean=True)
     c, q = conc.summary(), seq.summary()
     return {"concurrent": {"clients": clients, "queries": n, "errors": c["errors"], "wall_s": c["wall_s"],
                            "queries_per_s": c["requests_per_s"], "latency_ms": latency_ms(conc),
@@ -114,14 +118,15 @@ def retrieve_phase(svc: Service, queries: list[str], clients: int, seconds: floa
             "throughput_ratio": round(c["requests_per_s"] / q["requests_per_s"], 2) if q["requests_per_s"] else None}
 
 
-async def _livez(client: httpx.AsyncClient, _) -> Result:
-    r = await client.get("/livez")
-    return Result(0, r.status_code)
+async def _livez(client: aiohttp.ClientSession, _) -> Result:
+    async with client.get("/livez") as r:
+        await r.read()
+    return Result(0, r.status)
 
 
 def http_floor(svc: Service, clients: int, seconds: float) -> dict:
     "GET /livez by `clients` clients for `seconds`: what the HTTP server alone serves, the ceiling of every route."
-    run = run_clients(clients, list(range(64)), _livez, svc.url, duration_s=seconds)
+    run = run_clients(clients, list(range(64)), _livez, svc.url, duration_s=seconds, lean=True)
     s = run.summary()
     return {"route": "/livez", "clients": clients, "requests": len(run.results), "errors": s["errors"],
             "requests_per_s": s["requests_per_s"], "latency_ms": latency_ms(run)}
@@ -132,7 +137,7 @@ def retrieve_levels(svc: Service, queries: list[str], levels: list[int], seconds
     out = {}
     for c in levels:
         s0, n0 = svc.metric("lab2prod_retrieve_batch_size_sum"), svc.metric("lab2prod_retrieve_batch_size_count")
-        run = run_clients(c, queries, retrieve_sender(counter), svc.url, duration_s=seconds)
+        run = run_clients(c, queries, retrieve_sender(counter), svc.url, duration_s=seconds, lean=True)
         s1, n1 = svc.metric("lab2prod_retrieve_batch_size_sum"), svc.metric("lab2prod_retrieve_batch_size_count")
         s = run.summary()
         out[str(c)] = {"queries": len(run.results), "errors": s["errors"], "queries_per_s": s["requests_per_s"],
@@ -147,7 +152,7 @@ async def _paced(url: str, queries: list[str], clients: int, rate: float, second
     period, rows = clients / rate, []
     send = retrieve_sender(counter)
 
-    async def client_loop(client: httpx.AsyncClient, i: int, t0: float) -> None:
+    async def client_loop(client: aiohttp.ClientSession, i: int, t0: float) -> None:
         n = 0
         while (at := t0 + (i / clients + n) * period) < t0 + seconds:
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
@@ -156,8 +161,7 @@ async def _paced(url: str, queries: list[str], clients: int, rate: float, second
             rows.append((time.perf_counter() - t, r.status))
             n += 1
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    async with open_client(url, clients, 60, lean=True) as client:
         t0 = time.perf_counter()
         await asyncio.gather(*(client_loop(client, i, t0) for i in range(clients)))
     return rows
