@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from .core import atomic_write_json, cache_dir
 
@@ -28,8 +29,9 @@ __all__ = ['HOMOGLYPHS', 'LEET', 'ZERO_WIDTH', 'B64', 'RULES', 'REFUSAL', 'NO_CO
            'FEATURES_VERSION', 'E5_WEIGHT', 'DETECTOR_C', 'PII_PATTERNS', 'normalize_prompt', 'decode_base64',
            'prompt_views', 'Verdict', 'check_prompt', 'check_grounding', 'split_prompts', 'GuardEmbedder', 'text_key',
            'guard_cache_file', 'load_vectors', 'save_vectors', 'guard_embedder', 'embed_matrix', 'guard_text',
-           'rule_hits', 'prompt_features', 'Detector', 'check_labels', 'detector_classifier', 'out_of_fold_scores',
-           'choose_threshold', 'grounding_floor', 'PiiFinding', 'scrub_pii', 'StreamScrubber']
+           'rule_hits', 'prompt_features', 'Detector', 'check_labels', 'UsedColumnsLogisticRegression',
+           'detector_classifier', 'out_of_fold_scores', 'choose_threshold', 'grounding_floor', 'PiiFinding',
+           'scrub_pii', 'StreamScrubber']
 
 # %% ../../nbs/03a_guardrails.ipynb #8635fb80
 # Cyrillic and Greek letters that look like Latin ones: "іgnоrе" must read as "ignore"
@@ -343,10 +345,36 @@ def check_labels(labels: list[str]) -> None:
         raise ValueError("the detector needs benign prompts and at least one adversarial category to learn from")
 
 
-def detector_classifier(C: float = DETECTOR_C):
+class UsedColumnsLogisticRegression(ClassifierMixin, BaseEstimator):
+    """Logistic regression fitted on the feature columns its training rows use; the others get a weight of zero.
+
+    A column that is zero in every training row has no gradient, so under the L2 penalty a full fit leaves its weight
+    at exactly zero too: leaving it out changes nothing but the cost. L-BFGS's work grows with the number of weights,
+    and the training prompts use about 80k of the 197k hashed columns (the same iterations, half the time)."""
+
+    def __init__(self, C: float = DETECTOR_C, max_iter: int = 3000, class_weight: str | None = "balanced"):
+        self.C, self.max_iter, self.class_weight = C, max_iter, class_weight
+
+    def fit(self, X, y):
+        from sklearn.linear_model import LogisticRegression
+        self.used_ = np.flatnonzero(X.getnnz(axis=0) if hasattr(X, "getnnz") else np.any(X != 0, axis=0))
+        self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight)
+        self.model_.fit(X[:, self.used_], y)
+        self.classes_, self.intercept_, self.n_iter_ = self.model_.classes_, self.model_.intercept_, self.model_.n_iter_
+        self.coef_ = np.zeros((self.model_.coef_.shape[0], X.shape[1]), dtype=self.model_.coef_.dtype)
+        self.coef_[:, self.used_] = self.model_.coef_
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        return self.model_.predict_proba(X[:, self.used_])
+
+    def predict(self, X) -> np.ndarray:
+        return self.model_.predict(X[:, self.used_])
+
+
+def detector_classifier(C: float = DETECTOR_C) -> UsedColumnsLogisticRegression:
     "The detector's classifier: multinomial logistic regression, classes weighted by their size."
-    from sklearn.linear_model import LogisticRegression
-    return LogisticRegression(C=C, max_iter=3000, class_weight="balanced")
+    return UsedColumnsLogisticRegression(C=C, max_iter=3000, class_weight="balanced")
 
 
 def out_of_fold_scores(prompts: list[str], labels: list[str], similarities, embed=None, folds: int = 5, seed: int = 0,
