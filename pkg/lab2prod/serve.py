@@ -37,7 +37,8 @@ __all__ = ['log', 'TOKENS', 'TTFT', 'IN_FLIGHT', 'RETRIEVE_BATCH', 'GUARDRAIL', 
            'SourceOut', 'UsageOut', 'LineageOut', 'AskOut', 'RetrieveOut', 'FeedbackOut', 'ChatMessage', 'ChatRequest',
            'RequestLog', 'metric', 'count_answer', 'error_body', 'validation_detail', 'rewrite_error', 'BodyTooLarge',
            'Gateway', 'document_gateway', 'served_lineage', 'chat_question', 'chat_completion', 'chat_chunk',
-           'openai_error', 'build_openai_app', 'release_request_timers', 'Lab2Prod', 'ask_record']
+           'openai_error', 'build_openai_app', 'release_request_timers', 'ClientErrorsAsWarnings',
+           'quiet_client_errors', 'Lab2Prod', 'ask_record']
 
 # %% ../../nbs/05_serve.ipynb #2cdc5a58
 class ServiceSettings(BaseModel):
@@ -547,6 +548,30 @@ def release_request_timers() -> bool:
 
 
 release_request_timers()
+
+# %% ../../nbs/05_serve.ipynb #d41ab480
+class ClientErrorsAsWarnings(logging.Filter):
+    "Record BentoML's log line for a request answered 4xx (bad input) as a warning naming the reason; 5xx stay errors."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pydantic import ValidationError
+        exc = record.exc_info[1] if record.exc_info else None
+        status = 400 if isinstance(exc, ValidationError) else int(getattr(exc, "error_code", 500))
+        if record.levelno >= logging.ERROR and exc is not None and 400 <= status < 500:
+            reason = " ".join(str(exc).split())
+            record.msg, record.args = f"{record.getMessage()}: {status} {type(exc).__name__}: {reason[:500]}", ()
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.WARNING, "WARNING", None, None
+        return True
+
+
+def quiet_client_errors() -> None:
+    "Install `ClientErrorsAsWarnings` on the logger of BentoML's HTTP app (once)."
+    logger = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, ClientErrorsAsWarnings) for f in logger.filters):
+        logger.addFilter(ClientErrorsAsWarnings())
+
+
+quiet_client_errors()
 
 # %% ../../nbs/05_serve.ipynb #f025830b
 OPENAI_APP = build_openai_app()
