@@ -262,14 +262,17 @@ def gpu_column(paths: list[Path] | None) -> dict | None:
 
 
 def _gpu_path_figures(g: dict) -> dict:
-    served = {b["requests"]: b["tokens_per_s"] for b in _dig(g, "served_engine", "batches") or []}
+    # clients sending through agenerate, as the service does, where the run measured them; else one generate of n
+    clients = {r["clients"]: r["tokens_per_s"] for r in _dig(g, "concurrency", "batched") or []}
+    served = clients or {b["requests"]: b["tokens_per_s"] for b in _dig(g, "served_engine", "batches") or []}
     one = _dig(g, "served_engine", "one_stream", "tokens_per_s") or _dig(g, "cuda_fp32", "one_stream", "tokens_per_s")
     figs = {"one stream with the adapter (baseline: llama-bench)": f"{one} tokens/s" if one else ""}
-    for n in (8, 32, 64):
-        if n in served:
+    for n in sorted(served):  # the table shows the levels its CPU rows have
+        if n > 1 or clients:
             figs[f"{n} clients (baseline: llama-server as a user starts it)"] = f"{served[n]:,.0f} tokens/s"
-    if _dig(g, "train_auto", "seconds"):
-        figs["fine-tuning bf16 (baseline: the earlier loop)"] = f"30 steps in {g['train_auto']['seconds']} s"
+    if (_dig(g, "train_auto", "steps") or 0) >= 30:  # a run of a few steps only checked that training runs there
+        auto = g["train_auto"]  # `auto` resolves per model and device: the figure says what it chose
+        figs["fine-tuning bf16 (baseline: the earlier loop)"] = f"30 steps in {auto['seconds']} s (auto: {auto['precision']})"
         figs["fine-tuning fp32 (baseline: the earlier loop)"] = f"30 steps in {g['train_fp32']['seconds']} s"
     return figs
 

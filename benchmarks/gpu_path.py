@@ -3,7 +3,9 @@
 What `auto` resolves to on this machine (embedding backend, generation engine, training precision), the served
 engine (`load_engine` on the `engine` task's folder, as the service loads it) against the merged transformers model
 in fp32 on the CPU (greedy agreement and speed in the same run: one stream, batches of 8/32/64 RAG prompts, time to
-first token), and LoRA training steps with `train_lora` in bf16 autocast and in fp32 (tokens/s, peak memory, loss).
+first token), the served engine under 1-64 concurrent clients calling `agenerate` as the service does (against the
+same model answering one request per `generate` call), and LoRA training steps with `train_lora` in bf16 autocast
+and in fp32 (tokens/s, peak memory, loss).
 On a machine without a GPU it measures the CPU path the same way, so the figures say which device gave them.
 
     python benchmarks/gpu_path.py --engine-dir artifacts/engine --train artifacts/data/train.jsonl
@@ -11,6 +13,7 @@ On a machine without a GPU it measures the CPU path the same way, so the figures
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -100,6 +103,52 @@ def measure_training(base_model: str, rows: list[dict], precision: str, steps: i
     return out
 
 
+def percentile(values: list[float], q: float) -> float:
+    "The `q` quantile (0-1) of `values`, nearest rank."
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def closed_loop(engine, prompts: list[list[dict]], max_new_tokens: int, clients: int, seconds: float) -> dict:
+    """`clients` callers of `engine.agenerate`, each sending its next request when its last one is answered, as the
+    service's handlers do, for `seconds`: total completion tokens/s and per-request latency."""
+    async def client(i: int, stop: float, lat: list, toks: list) -> None:
+        n = 0
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            gen = await engine.agenerate(prompts[(i + n * clients) % len(prompts)], max_new_tokens)
+            lat.append(time.perf_counter() - t0)
+            toks.append(gen.completion_tokens)
+            n += 1
+
+    async def run() -> dict:
+        await asyncio.gather(*(engine.agenerate(prompts[i % len(prompts)], max_new_tokens) for i in range(clients)))
+        lat: list[float] = []
+        toks: list[int] = []
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(i, t0 + seconds, lat, toks) for i in range(clients)))
+        wall = time.perf_counter() - t0
+        return {"clients": clients, "requests": len(lat), "seconds": round(wall, 2),
+                "tokens_per_s": round(sum(toks) / wall, 1), "requests_per_s": round(len(lat) / wall, 2),
+                "latency_p50_s": round(percentile(lat, 0.5), 3), "latency_p99_s": round(percentile(lat, 0.99), 3)}
+
+    return asyncio.run(run())
+
+
+def concurrency(engine, prompts: list[list[dict]], max_new_tokens: int, clients: list[int], unbatched: list[int],
+                seconds: float) -> dict:
+    """The served engine under concurrent requests, through `agenerate` as the service calls it: batched (concurrent
+    requests share one `generate`) against the same model answering one request per `generate` call."""
+    one_by_one = type(engine)(engine.model, engine.tokenizer, dict(engine.info), max_batch_size=1)
+    out = {"max_new_tokens": max_new_tokens, "seconds_per_level": seconds,
+           "batched": [closed_loop(engine, prompts, max_new_tokens, n, seconds) for n in clients],
+           "one_per_generate": [closed_loop(one_by_one, prompts, max_new_tokens, n, seconds) for n in unbatched]}
+    base = {r["clients"]: r["tokens_per_s"] for r in out["one_per_generate"]}
+    out["ratio_batched_vs_one_per_generate"] = {str(r["clients"]): round(r["tokens_per_s"] / base[r["clients"]], 2)
+                                                for r in out["batched"] if r["clients"] in base}
+    return out
+
+
 def gpu_variant(args, state: dict, variant: str, prompts: list[list[dict]], batches: list[int]) -> dict:
     "The transformers engine on the GPU in fp32, or in bf16 with a static KV cache (which transformers compiles)."
     import torch
@@ -141,6 +190,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batches", default="8,32,64", help="batch sizes (concurrent requests) to time")
     ap.add_argument("--train-steps", type=int, default=30)
     ap.add_argument("--skip-reference", action="store_true", help="no CPU fp32 reference (agreement and baseline)")
+    ap.add_argument("--clients", default="1,8,32,64", help="concurrent clients for the served engine's closed loop")
+    ap.add_argument("--unbatched-clients", default="8,32", help="the same, one request per generate call")
+    ap.add_argument("--loop-seconds", type=float, default=6.0, help="how long each closed-loop level runs")
+    ap.add_argument("--loop-new-tokens", type=int, default=64, help="new tokens per closed-loop request")
+    ap.add_argument("--skip-compiled", action="store_true", help="no bf16 static-cache variant (compiling is slow)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/gpu_path.json"))
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -179,6 +233,10 @@ def main(argv: list[str] | None = None) -> dict:
                 results["ratios_vs_cpu_fp32"] = {
                     "one_stream": round(s["one_stream"]["tokens_per_s"] / r["one_stream"]["tokens_per_s"], 2),
                     f"batch_{batches[0]}": round(s["batches"][0]["tokens_per_s"] / r["batches"][0]["tokens_per_s"], 2)}
+    if "engine" in state and hasattr(state["engine"], "model"):  # the in-process engine; a server batches itself
+        section(results, "concurrency", lambda: concurrency(
+            state["engine"], prompts, args.loop_new_tokens, [int(c) for c in args.clients.split(",")],
+            [int(c) for c in args.unbatched_clients.split(",")], args.loop_seconds), out)
     if hw.gpu:
         section(results, "cuda_fp32", lambda: gpu_variant(args, state, "fp32", prompts, batches), out)
     for name in [n for n in state if n != "reference"]:
@@ -192,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
         a, f = results["train_auto"], results["train_fp32"]
         if "trained_tokens_per_s" in a and "trained_tokens_per_s" in f:
             results["train_ratio_auto_vs_fp32"] = round(a["trained_tokens_per_s"] / f["trained_tokens_per_s"], 2)
-    if hw.gpu:  # last: compiling can be slow, and every figure above is already saved
+    if hw.gpu and not args.skip_compiled:  # last: compiling can be slow, and every figure above is already saved
         section(results, "cuda_bf16_static_compiled", lambda: gpu_variant(args, state, "static", prompts, batches), out)
     atomic_write_json(out, results)
     return results
