@@ -26,12 +26,12 @@ from .core import atomic_write_json, cache_dir
 
 # %% auto #0
 __all__ = ['HOMOGLYPHS', 'LEET', 'ZERO_WIDTH', 'B64', 'RULES', 'REFUSAL', 'NO_CONTEXT', 'BENIGN', 'HASH_CHAR', 'HASH_WORD',
-           'FEATURES_VERSION', 'E5_WEIGHT', 'DETECTOR_C', 'PII_PATTERNS', 'normalize_prompt', 'decode_base64',
+           'FEATURES_VERSION', 'E5_WEIGHT', 'DETECTOR_C', 'TURN', 'PII_PATTERNS', 'normalize_prompt', 'decode_base64',
            'prompt_views', 'Verdict', 'check_prompt', 'check_grounding', 'split_prompts', 'GuardEmbedder', 'text_key',
            'guard_cache_file', 'load_vectors', 'save_vectors', 'guard_embedder', 'embed_matrix', 'guard_text',
-           'rule_hits', 'prompt_features', 'Detector', 'check_labels', 'UsedColumnsLogisticRegression',
-           'detector_classifier', 'out_of_fold_scores', 'choose_threshold', 'grounding_floor', 'PiiFinding',
-           'scrub_pii', 'StreamScrubber']
+           'last_user_turn', 'with_last_turns', 'rule_hits', 'prompt_features', 'Detector', 'check_labels',
+           'UsedColumnsLogisticRegression', 'detector_classifier', 'out_of_fold_scores', 'choose_threshold',
+           'grounding_floor', 'PiiFinding', 'scrub_pii', 'StreamScrubber']
 
 # %% ../../nbs/03a_guardrails.ipynb #8635fb80
 # Cyrillic and Greek letters that look like Latin ones: "іgnоrе" must read as "ignore"
@@ -226,6 +226,27 @@ def guard_text(prompt: str) -> str:
     return " | ".join(prompt_views(prompt))
 
 
+TURN = re.compile(r"(?:^|\n)[ \t]*user[ \t]*:[ \t]*", re.IGNORECASE)
+
+
+def last_user_turn(prompt: str) -> str | None:
+    """The last user turn of a transcript pasted into one prompt ("User: ... Assistant: ... User: ..."), or None.
+
+    A multi-turn set-up buries its request under harmless turns, so the whole transcript reads mostly benign: the
+    detector also scores the last turn on its own, and the higher of the two scores decides."""
+    parts = TURN.split(prompt)
+    if len(parts) < 3:  # one "User:" or none: not a transcript
+        return None
+    return parts[-1].strip() or None
+
+
+def with_last_turns(prompts: list[str], labels: list[str], similarities) -> tuple[list[str], list[str], list]:
+    "The training rows plus each transcript's last user turn, with the transcript's label and similarity."
+    extra = [(t, y, s) for p, y, s in zip(prompts, labels, similarities) if (t := last_user_turn(p))]
+    return (list(prompts) + [t for t, _, _ in extra], list(labels) + [y for _, y, _ in extra],
+            list(similarities) + [s for _, _, s in extra])
+
+
 def rule_hits(prompt: str) -> np.ndarray:
     "One column per rule category: 1 where a rule of that category matches a view of the prompt."
     hits = np.zeros(len(RULES), dtype=np.float32)
@@ -275,16 +296,32 @@ class Detector:
         "Train on labelled prompts (`labels`: a category or `benign`) and each one's nearest-chunk similarity."
         check_labels(labels)
         embed = embed or guard_embedder()
-        clf = detector_classifier(C).fit(prompt_features(prompts, similarities, embed, E5_WEIGHT), labels)
+        rows, ys, sims = with_last_turns(prompts, labels, similarities)
+        clf = detector_classifier(C).fit(prompt_features(rows, sims, embed, E5_WEIGHT), ys)
         return cls(list(clf.classes_), clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32), threshold,
-                   {"C": C, "e5_weight": E5_WEIGHT, "n_train": len(prompts), "embedding": getattr(embed, "name", "custom")}, embed)
+                   {"C": C, "e5_weight": E5_WEIGHT, "n_train": len(prompts), "n_last_turns": len(rows) - len(prompts),
+                    "last_turn_view": True, "embedding": getattr(embed, "name", "custom")}, embed)
 
-    def probabilities(self, prompts: list[str], similarities) -> np.ndarray:
-        "Class probabilities, one row per prompt, columns in the order of `classes`."
+    def _rows(self, prompts: list[str], similarities) -> np.ndarray:
         X = prompt_features(prompts, similarities, self.embed, float(self.info.get("e5_weight", 1.0)))
         logits = np.asarray(X @ self.coef.T) + self.intercept
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
+
+    def probabilities(self, prompts: list[str], similarities) -> np.ndarray:
+        """Class probabilities, one row per prompt, columns in the order of `classes`: for a transcript, those of the
+        whole prompt or of its last user turn, whichever is less benign (a detector trained without last turns reads
+        whole prompts only, as it was trained)."""
+        probs = self._rows(prompts, similarities)
+        if not self.info.get("last_turn_view"):
+            return probs
+        turns = [(i, t) for i, p in enumerate(prompts) if (t := last_user_turn(p))]
+        if turns:
+            last = self._rows([t for _, t in turns], [similarities[i] for i, _ in turns])
+            for (i, _), row in zip(turns, last):
+                if row[self._benign] < probs[i, self._benign]:
+                    probs[i] = row
+        return probs
 
     def adversarial_scores(self, prompts: list[str], similarities) -> np.ndarray:
         "Probability that each prompt is not benign."
@@ -379,16 +416,40 @@ def detector_classifier(C: float = DETECTOR_C) -> UsedColumnsLogisticRegression:
 
 def out_of_fold_scores(prompts: list[str], labels: list[str], similarities, embed=None, folds: int = 5, seed: int = 0,
                        C: float = DETECTOR_C, n_jobs: int | None = None) -> np.ndarray:
-    """Each prompt's adversarial probability from a detector trained without it (stratified `folds`-fold).
+    """Each prompt's adversarial probability from a detector trained without it (stratified `folds`-fold), scored as
+    `Detector` scores: trained with the transcripts' last user turns, the higher of a transcript's two scores.
 
-    The features are computed once, and scikit-learn's `cross_val_predict` fits the folds in parallel processes."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    The features are computed once; the folds are fitted in parallel processes. A transcript's last turn trains and
+    is scored in its transcript's fold, so no fold sees any part of the prompts it scores."""
+    import scipy.sparse as sp
+    from joblib import Parallel, delayed
+    from sklearn.model_selection import StratifiedKFold
     check_labels(labels)
-    X = prompt_features(prompts, similarities, embed or guard_embedder())
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    embed = embed or guard_embedder()
+    X = prompt_features(prompts, similarities, embed)
+    turns = [(i, t) for i, p in enumerate(prompts) if (t := last_user_turn(p))]
+    XT = prompt_features([t for _, t in turns], [similarities[i] for i, _ in turns], embed) if turns else None
+    turn_of = {i: j for j, (i, _) in enumerate(turns)}
+    y = np.asarray(labels)
+
+    def fold(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        extra = [turn_of[i] for i in train if i in turn_of]
+        Xt = sp.vstack([X[train], XT[extra]]).tocsr() if extra else X[train]
+        clf = detector_classifier(C).fit(Xt, np.concatenate([y[train], y[[turns[j][0] for j in extra]]]))
+        benign = list(clf.classes_).index(BENIGN)
+        score = 1.0 - clf.predict_proba(X[test])[:, benign]
+        mine = [(k, turn_of[i]) for k, i in enumerate(test) if i in turn_of]
+        if mine:
+            last = 1.0 - clf.predict_proba(XT[[j for _, j in mine]])[:, benign]
+            score[[k for k, _ in mine]] = np.maximum(score[[k for k, _ in mine]], last)
+        return test, score
+
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
     jobs = n_jobs or min(folds, len(os.sched_getaffinity(0)))
-    proba = cross_val_predict(detector_classifier(C), X, labels, cv=cv, method="predict_proba", n_jobs=jobs)
-    return 1.0 - proba[:, sorted(set(labels)).index(BENIGN)]  # columns in sorted class order
+    out = np.zeros(len(y))
+    for test, score in Parallel(n_jobs=jobs)(delayed(fold)(tr, te) for tr, te in splits):
+        out[test] = score
+    return out
 
 
 def choose_threshold(benign_scores: np.ndarray, max_false_refusal: float) -> float:
