@@ -29,8 +29,8 @@ __all__ = ['log', 'STOPWORDS', 'GATES', 'MAIN_METRICS', 'CHAMPION', 'PREVIOUS', 
            'latency_summary', 'answer_divergence', 'JudgeScore', 'fill_rubric', 'open_judge', 'judge_answer',
            'judge_agreement', 'guard_layer', 'guard_decisions', 'block_rates', 'GateFailed', 'apply_gate',
            'gate_message', 'registry_state', 'champion_metrics', 'promote', 'rollback_champion', 'answer_means',
-           'sample_per_category', 'register_prompt_version', 'golden_scorers', 'prompt_from_text', 'with_prompt',
-           'compare_prompts', 'comparison_html', 'save_prompt', 'prompt_playground']
+           'paired_difference_ci', 'sample_per_category', 'register_prompt_version', 'golden_scorers',
+           'prompt_from_text', 'with_prompt', 'compare_prompts', 'comparison_html', 'save_prompt', 'prompt_playground']
 
 # %% ../../nbs/04_evaluate.ipynb #27558b27
 def hit_at_k(retrieved: list[str], source: str, k: int) -> bool:
@@ -345,6 +345,23 @@ def answer_means(answers: list[str], references: list[str], contexts: list[list[
     if embed is not None:
         out["semantic_similarity"] = float(np.mean(semantic_similarity(answers, references, embed)))
     return out
+
+
+def paired_difference_ci(treated: list[float], control: list[float], confidence: float = 0.95,
+                         seed: int = 0) -> dict[str, float]:
+    """The mean of per-question differences `treated - control` and its bootstrap confidence interval (scipy's BCa,
+    resampling questions): an interval above zero says the gain is not the luck of which questions were asked."""
+    from scipy.stats import bootstrap
+    a, b = np.asarray(treated, dtype=float), np.asarray(control, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"paired scores must be two lists of the same length, at least 2 (got {a.shape} and {b.shape})")
+    diff = a - b
+    if np.allclose(diff, diff[0], rtol=0, atol=1e-12):  # every question moved by the same amount: that is the interval
+        return {"mean": float(diff.mean()), "low": float(diff.mean()), "high": float(diff.mean())}
+    ci = bootstrap((diff,), np.mean, confidence_level=confidence, n_resamples=9999, method="BCa",
+                   random_state=np.random.default_rng(seed)).confidence_interval
+    return {"mean": float(diff.mean()), "low": float(ci.low), "high": float(ci.high)}
+
 
 # %% ../../nbs/04_evaluate.ipynb #62bf9f46
 def sample_per_category(rows: list[dict], n: int | None, key: str = "category") -> list[dict]:
