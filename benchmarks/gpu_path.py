@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "pkg"))
 
+from _serving import percentiles  # noqa: E402
+
 from lab2prod.core import (  # noqa: E402
     atomic_write_json,
     choose_embedding_backend,
@@ -103,12 +105,6 @@ def measure_training(base_model: str, rows: list[dict], precision: str, steps: i
     return out
 
 
-def percentile(values: list[float], q: float) -> float:
-    "The `q` quantile (0-1) of `values`, nearest rank."
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
 def closed_loop(engine, prompts: list[list[dict]], max_new_tokens: int, clients: int, seconds: float) -> dict:
     """`clients` callers of `engine.agenerate`, each sending its next request when its last one is answered, as the
     service's handlers do, for `seconds`: total completion tokens/s and per-request latency."""
@@ -128,9 +124,10 @@ def closed_loop(engine, prompts: list[list[dict]], max_new_tokens: int, clients:
         t0 = time.perf_counter()
         await asyncio.gather(*(client(i, t0 + seconds, lat, toks) for i in range(clients)))
         wall = time.perf_counter() - t0
+        q = percentiles(lat, digits=3)
         return {"clients": clients, "requests": len(lat), "seconds": round(wall, 2),
                 "tokens_per_s": round(sum(toks) / wall, 1), "requests_per_s": round(len(lat) / wall, 2),
-                "latency_p50_s": round(percentile(lat, 0.5), 3), "latency_p99_s": round(percentile(lat, 0.99), 3)}
+                "latency_p50_s": q["p50"], "latency_p99_s": q["p99"]}
 
     return asyncio.run(run())
 
