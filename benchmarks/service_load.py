@@ -414,5 +414,6 @@ if __name__ == "__main__":
     exit_on_sigterm()
     if a.quick:
         a.retrieve_seconds, a.ask_seconds, a.ask_tokens, a.soak_minutes = 3, 4, 16, 10 / 60
+        a.retrieve_paced_share = a.retrieve_paced_share[-1:]
     a.out = a.out or ROOT / f"benchmarks/results/service_load{'.quick' if a.quick else ''}.json"
     main(a)
