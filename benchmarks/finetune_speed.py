@@ -6,8 +6,11 @@ and the answers' loss on held-out rows after training (faster must not mean wors
 
 - `previous`: the loop before (examples drawn at random, so batches mix short and long rows; fp32; no accelerate
   state reset, no checkpoints), kept here as the baseline;
-- `fp32`: `train_lora` with length-grouped batches, in fp32;
-- `bf16`: `train_lora` with bf16 autocast (fast only where the CPU computes bf16 natively: AVX512-BF16 or AMX).
+- `fp32`: `train_lora` with length-grouped batches and the LM head at the answer positions only, in fp32;
+- `bf16`: the same with bf16 autocast (fast only where the CPU computes bf16 natively: AVX512-BF16 or AMX);
+- `bf16-all-logits`: `bf16` with the LM head over every position, as before: what the answer positions save;
+- `top-half`: the same in the precision `auto` picks, with adapters in the top half of the layers only
+  (`lora_layers: 0.5`): the backward pass stops below them.
 
     python benchmarks/finetune_speed.py --train artifacts/data/train.jsonl
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "pkg"))
 
-VARIANTS = ("previous", "fp32", "bf16")
+VARIANTS = ("previous", "fp32", "bf16", "bf16-all-logits", "top-half")
 
 
 def previous_loop(model, tokenizer, rows, steps: int, batch: int, max_len: int, lr: float = 2e-4, seed: int = 0):
@@ -60,18 +63,23 @@ def run_variant(variant: str, train: str, steps: int) -> dict:
     prof = get_profile("default")
     train_rows, held = split_rows(usable_rows(read_jsonl(train)), 0.1, seed=0)
     model, tok = load_model("llm")
-    model = add_lora(model, prof.lora_r, seed=0)
+    layers = 0.5 if variant == "top-half" else 1.0 if variant == "previous" else prof.lora_layers
+    model = add_lora(model, prof.lora_r, seed=0, layers=layers)
     t0 = time.perf_counter()
     if variant == "previous":
         tokens = previous_loop(model, tok, train_rows, steps, prof.train_batch, prof.train_seq_len)
         precision = "fp32"
     else:
-        cfg = TrainConfig(steps=steps, batch=prof.train_batch, seq_len=prof.train_seq_len, precision=variant)
+        if variant == "bf16-all-logits":  # the loop as it was: logits at every position
+            import lab2prod.finetune
+            lab2prod.finetune.keeps_logits = lambda model: False
+        cfg = TrainConfig(steps=steps, batch=prof.train_batch, seq_len=prof.train_seq_len, lora_layers=layers,
+                          precision={"top-half": "auto", "bf16-all-logits": "bf16"}.get(variant, variant))
         result = train_lora(model, tok, train_rows, cfg)
         tokens, precision = result.trained_tokens, result.precision
     seconds = time.perf_counter() - t0
     after = answer_loss(model, tok, held[:48], prof.train_seq_len)
-    return {"variant": variant, "precision": precision, "steps": steps, "batch": prof.train_batch,
+    return {"variant": variant, "precision": precision, "lora_layers": layers, "steps": steps, "batch": prof.train_batch,
             "seq_len": prof.train_seq_len, "seconds": round(seconds, 2), "trained_tokens": tokens,
             "trained_tokens_per_s": round(tokens / seconds, 1), "heldout_loss_after": after["loss"],
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

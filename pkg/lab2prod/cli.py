@@ -76,7 +76,7 @@ def train(a: argparse.Namespace) -> int:
 
     from lab2prod.finetune import CheckpointError, NonFiniteLoss, TrainConfig, run_training
     cfg = TrainConfig(steps=a.steps, batch=a.batch, grad_accum=a.grad_accum, seq_len=a.seq_len, lr=a.lr, seed=a.seed,
-                      lora_r=a.lora_r, precision=a.precision, checkpoint_every=a.checkpoint_every,
+                      lora_r=a.lora_r, lora_layers=a.lora_layers, precision=a.precision, checkpoint_every=a.checkpoint_every,
                       target_modules=a.target_modules.split(",") if a.target_modules else None)
     try:
         result = run_training(a.train, a.out, a.base_model, cfg, a.checkpoint_dir, resume=not a.no_resume)
@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--lr", type=float, default=2e-4)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--lora-r", type=int, default=8)
+    tr.add_argument("--lora-layers", type=float, default=1.0, help="share of the decoder layers, from the top, with adapters")
     tr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     tr.add_argument("--target-modules", default="", help="comma-separated; default: found from the architecture")
     tr.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: none are written)")

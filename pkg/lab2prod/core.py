@@ -223,6 +223,7 @@ class Profile(BaseModel):
     train_batch: int = Field(4, description="examples per step")
     train_seq_len: int = Field(640, description="tokens per training example (four passages, as served, fit)")
     lora_r: int = Field(8, description="LoRA rank")
+    lora_layers: float = Field(1.0, description="share of the decoder layers, from the top, with adapters")
     eval_questions: int | None = Field(None, description="golden questions evaluated (None: all)")
     eval_max_new_tokens: int = Field(64, description="answer length during evaluation")
     eval_redteam: int | None = Field(None, description="red-team prompts evaluated (None: all; else a sample of each category)")
