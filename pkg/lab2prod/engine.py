@@ -677,8 +677,14 @@ def same_model(a: str, b: str) -> bool:
     return Path(ra.location).resolve() == Path(rb.location).resolve()
 
 
-def load_engine(engine_dir: str | os.PathLike, backend: str | None = None, base_model: str | None = None) -> Engine:
-    "The engine of `engine_dir` on `backend` (default: engine.json's, `auto` resolved on this machine)."
+def load_engine(engine_dir: str | os.PathLike, backend: str | None = None, base_model: str | None = None,
+                parallel: int | None = None) -> Engine:
+    """The engine of `engine_dir` on `backend` (default: engine.json's, `auto` resolved on this machine).
+
+    `parallel`: requests decoded together (default: $LAB2PROD_ENGINE_PARALLEL, else engine.json's). 1 makes greedy
+    answers reproducible: in a shared batch, a request's numerics depend on what else is decoded with it."""
+    if parallel is not None and parallel < 1:
+        raise ValueError(f"parallel must be at least 1, got {parallel}")
     engine_dir = Path(engine_dir)
     spec = read_engine_spec(engine_dir)
     chosen = choose_generation_backend(backend or os.environ.get("LAB2PROD_GENERATION_BACKEND") or spec.backend)
@@ -687,7 +693,7 @@ def load_engine(engine_dir: str | os.PathLike, backend: str | None = None, base_
     info = {"requested": backend or spec.backend, "adapter_version": spec.adapter_version, "base_model": base}
     if chosen == "transformers":
         eng = TransformersEngine.load(base, adapter,
-                                      max_batch_size=int(os.environ.get("LAB2PROD_ENGINE_PARALLEL", TRANSFORMERS_MAX_BATCH)))
+                                      max_batch_size=parallel or int(os.environ.get("LAB2PROD_ENGINE_PARALLEL", TRANSFORMERS_MAX_BATCH)))
         eng.info.update(info)
         return eng
     from transformers import AutoTokenizer
@@ -702,7 +708,7 @@ def load_engine(engine_dir: str | os.PathLike, backend: str | None = None, base_
         scratch.mkdir(exist_ok=True)
         gguf = export_base_gguf(base, scratch / f"{hashlib.sha256(base.encode()).hexdigest()[:12]}-{spec.quant}.gguf", spec.quant)
     lora = engine_dir / spec.adapter_gguf if spec.adapter_gguf else None
-    parallel = int(os.environ.get("LAB2PROD_ENGINE_PARALLEL", spec.parallel))
+    parallel = parallel or int(os.environ.get("LAB2PROD_ENGINE_PARALLEL", spec.parallel))
     server = start_llama_server(gguf, lora, parallel=parallel, ctx_per_slot=spec.ctx_per_slot)
     return LlamaCppEngine(server, tok, {**info, "device": "cpu", "precision": spec.quant,
                                         "parallel": parallel, "lora": lora is not None})

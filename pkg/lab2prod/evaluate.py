@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,8 +25,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'STOPWORDS', 'GATES', 'MAIN_METRICS', 'CHAMPION', 'PREVIOUS', 'HISTORY_TAG', 'METRICS_TAG', 'RUN_TAG',
-           'hit_at_k', 'reciprocal_rank', 'content_tokens', 'answer_recall', 'squad_tokens', 'token_f1', 'rouge_l',
-           'cosine_rows', 'semantic_similarity', 'split_sentences', 'groundedness', 'refusal_correctness',
+           'answering', 'hit_at_k', 'reciprocal_rank', 'content_tokens', 'answer_recall', 'squad_tokens', 'token_f1',
+           'rouge_l', 'cosine_rows', 'semantic_similarity', 'split_sentences', 'groundedness', 'refusal_correctness',
            'latency_summary', 'answer_divergence', 'JudgeScore', 'fill_rubric', 'open_judge', 'judge_answer',
            'judge_agreement', 'guard_layer', 'guard_decisions', 'block_rates', 'GateFailed', 'apply_gate',
            'gate_message', 'registry_state', 'champion_metrics', 'promote', 'rollback_champion', 'answer_means',
@@ -33,14 +34,20 @@ __all__ = ['log', 'STOPWORDS', 'GATES', 'MAIN_METRICS', 'CHAMPION', 'PREVIOUS', 
            'prompt_from_text', 'with_prompt', 'compare_prompts', 'comparison_html', 'save_prompt', 'prompt_playground']
 
 # %% ../../nbs/04_evaluate.ipynb #27558b27
-def hit_at_k(retrieved: list[str], source: str, k: int) -> bool:
-    "Whether `source` is among the first `k` retrieved documents."
-    return source in retrieved[:k]
+def answering(source: str | Iterable[str]) -> set[str]:
+    "The pages that answer a question: its `source`, or every page of its `sources` list."
+    return {source} if isinstance(source, str) else set(source)
 
 
-def reciprocal_rank(retrieved: list[str], source: str) -> float:
-    "1 / the position of `source` in `retrieved` (1-based), 0 when it is absent."
-    return 1.0 / (retrieved.index(source) + 1) if source in retrieved else 0.0
+def hit_at_k(retrieved: list[str], source: str | Iterable[str], k: int) -> bool:
+    "Whether a page answering the question (`source`, or any of several) is among the first `k` retrieved documents."
+    return not answering(source).isdisjoint(retrieved[:k])
+
+
+def reciprocal_rank(retrieved: list[str], source: str | Iterable[str]) -> float:
+    "1 / the position of the first answering page in `retrieved` (1-based), 0 when none is there."
+    pages = answering(source)
+    return next((1.0 / (i + 1) for i, d in enumerate(retrieved) if d in pages), 0.0)
 
 # %% ../../nbs/04_evaluate.ipynb #db45fa23
 STOPWORDS = set("a an the is are was were be been of to in on at for by with and or not it its this that as from "

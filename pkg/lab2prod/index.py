@@ -35,12 +35,13 @@ from lab2prod.core import (
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'BACKENDS', 'COLLECTION', 'MANIFEST', 'MODES', 'CANDIDATES', 'FUSIONS', 'LEGACY_SETTINGS', 'embed_texts',
-           'chunk_embed_texts', 'pooled_encoder', 'model_folder', 'export_onnx_embedder', 'OnnxEmbedder',
-           'Bf16Embedder', 'load_embedder', 'query_backend_for', 'chroma_client', 'open_collection', 'sync_collection',
-           'tokenize_for_bm25', 'build_bm25', 'chunk_bm25_texts', 'minmax', 'score_fusion', 'rrf', 'Hit', 'IndexError_',
-           'RetrievalSettings', 'read_manifest', 'verify_index', 'Retriever', 'data_fingerprint', 'build_index',
-           'check_skew', 'evaluate_retrieval', 'explain_cell', 'retrieval_explorer']
+__all__ = ['log', 'BACKENDS', 'COLLECTION', 'MANIFEST', 'MODES', 'CANDIDATES', 'FUSIONS', 'LEGACY_SETTINGS',
+           'BEFORE_PAGE_PENALTY', 'embed_texts', 'chunk_embed_texts', 'pooled_encoder', 'model_folder',
+           'export_onnx_embedder', 'OnnxEmbedder', 'Bf16Embedder', 'load_embedder', 'query_backend_for',
+           'chroma_client', 'open_collection', 'sync_collection', 'tokenize_for_bm25', 'build_bm25', 'chunk_bm25_texts',
+           'minmax', 'score_fusion', 'penalize_long_pages', 'rrf', 'Hit', 'IndexError_', 'RetrievalSettings',
+           'read_manifest', 'verify_index', 'Retriever', 'data_fingerprint', 'build_index', 'check_skew',
+           'evaluate_retrieval', 'explain_cell', 'retrieval_explorer']
 
 # %% ../../nbs/02_index.ipynb #33154c28
 def embed_texts(model, texts: list[str], batch_size: int = 32) -> np.ndarray:
@@ -330,6 +331,13 @@ def score_fusion(dense: list[tuple[int, float]], lexical: list[tuple[int, float]
     return sorted(fused.items(), key=lambda x: (-x[1], x[0]))
 
 
+def penalize_long_pages(ranked: list[tuple[int, float]], page_log_chunks: np.ndarray, penalty: float) -> list[tuple[int, float]]:
+    "`(row, score)` with `penalty` times the log of the row's page's chunk count taken off each score, best first."
+    if not penalty:
+        return ranked
+    return sorted(((row, s - penalty * float(page_log_chunks[row])) for row, s in ranked), key=lambda x: (-x[1], x[0]))
+
+
 def rrf(rankings: list[list[int]], k: int = 60) -> list[tuple[int, float]]:
     "Reciprocal-rank fusion of several best-first lists of row numbers: `(row, score)` best first."
     scores: dict[int, float] = {}
@@ -367,11 +375,14 @@ class RetrievalSettings(BaseModel):
     fusion: Literal["score", "rrf"] = Field("score", description="hybrid: score (weighted min-max scores) | rrf")
     dense_weight: float = Field(0.5, ge=0.0, le=1.0, description="weight of the embedding score in score fusion")
     heading_weight: int = Field(2, ge=0, le=8, description="times the heading path counts in a chunk's BM25 text")
+    page_length_penalty: float = Field(0.02, ge=0.0, le=1.0, description="score fusion: taken off a chunk's score per "
+                                       "natural log of its page's chunk count")
     candidates: int = Field(CANDIDATES, ge=10, le=1000, description="hits taken from each retriever before fusion")
 
 
 # an index built before these settings existed ranks as it did then
 LEGACY_SETTINGS = {"fusion": "rrf", "heading_weight": 1}
+BEFORE_PAGE_PENALTY = {"page_length_penalty": 0.0}
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lab2prod-bm25")
 
 
@@ -414,10 +425,11 @@ class Retriever:
                  mode: str = "hybrid", settings: RetrievalSettings | None = None):
         if mode not in MODES:
             raise ValueError(f"retrieval_mode {mode!r} is unknown; use one of {MODES}")
-        self.settings = settings or RetrievalSettings(**manifest.get("retrieval", LEGACY_SETTINGS))
+        self.settings = settings or RetrievalSettings(**{**BEFORE_PAGE_PENALTY, **manifest.get("retrieval", LEGACY_SETTINGS)})
         self.index_dir, self.manifest, self.collection, self.chunks = index_dir, manifest, collection, chunks
         self.embedder, self.bm25, self.mode = embedder, bm25, mode
         self._row = {c: i for i, c in enumerate(chunks.chunk_id)}
+        self._page_log_chunks = np.log(chunks.groupby("source").chunk_id.transform("size").to_numpy(dtype=float))
         # the RAG chain asks for the same query's vector again (grounding check): embed it once
         self._vectors: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
         self._vectors_lock = threading.Lock()
@@ -521,7 +533,8 @@ class Retriever:
         if self.mode != "hybrid":
             ranked = next(iter(lists.values()))
         elif self.settings.fusion == "score":
-            ranked = score_fusion(lists["dense"], lists["lexical"], self.settings.dense_weight)
+            ranked = penalize_long_pages(score_fusion(lists["dense"], lists["lexical"], self.settings.dense_weight),
+                                         self._page_log_chunks, self.settings.page_length_penalty)
         else:
             ranked = rrf([[r for r, _ in lists["dense"]], [r for r, _ in lists["lexical"]]])
         per = {name: {row: (i + 1, s) for i, (row, s) in enumerate(lst)} for name, lst in lists.items()}
@@ -553,12 +566,15 @@ class Retriever:
                 ranked[i] = result
         rows = self.chunks.iloc[[row for (fused, _), kk in zip(ranked, ks) for row, _ in fused[:kk]]].itertuples()
         method = self.settings.fusion if self.mode == "hybrid" else self.mode
+        penalty = self.settings.page_length_penalty if method == "score" else 0.0
         out = []
         for (fused, per), kk in zip(ranked, ks):
             hits = []
             for (row, s), r in zip(fused[:kk], rows):  # fused first: zip then never takes a row past this query's
                 explain = {name: dict(zip(("rank", "score"), found[row])) if row in found else None for name, found in per.items()}
                 explain["fused"] = {"method": method, "score": round(float(s), 6)}
+                if penalty:  # what the page's length took off the fused score
+                    explain["fused"]["page_penalty"] = round(penalty * float(self._page_log_chunks[row]), 6)
                 hits.append(Hit(source=r.source, text=r.text, score=round(float(s), 6), chunk_id=r.chunk_id,
                                 heading=r.heading, explain=explain))
             out.append(hits)
@@ -657,9 +673,11 @@ def retrieval_explorer(retriever: Retriever, k: int = 5):
             return
         with out:
             rows = "".join(f"<tr><td>{h.score:.4f}</td><td>{explain_cell(h.explain.get('dense'))}</td>"
-                           f"<td>{explain_cell(h.explain.get('lexical'))}</td><td>{h.source}</td><td>{h.heading}</td>"
+                           f"<td>{explain_cell(h.explain.get('lexical'))}</td><td>{h.explain['fused'].get('page_penalty', 0):.4f}</td>"
+                           f"<td>{h.source}</td><td>{h.heading}</td>"
                            f"<td>{h.text[:300]}</td></tr>" for h in retriever.search(q.value, kk.value))
             display(HTML("<table><tr><th>fused</th><th>embedding: rank (cosine)</th><th>BM25: rank (score)</th>"
+                         "<th>page length: taken off</th>"
                          f"<th>source</th><th>heading</th><th>text</th></tr>{rows}</table>"))
     q.observe(show, "value")
     kk.observe(show, "value")

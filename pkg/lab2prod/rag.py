@@ -174,17 +174,18 @@ class RagChain:
     def load(cls, index_dir: str | os.PathLike, engine_dir: str | os.PathLike | None = None,
              guard_dir: str | os.PathLike | None = None, chunks: str | os.PathLike | None = None,
              prompts: str | os.PathLike | None = None, base_model: str | None = None, backend: str | None = None,
-             min_similarity: float = 0.25) -> "RagChain":
+             min_similarity: float = 0.25, parallel: int | None = None) -> "RagChain":
         """The chain over the index in `index_dir` and the engine (with its adapter) in `engine_dir`.
 
         `guard_dir`: the trained prompt detector (rules only without it); `chunks`: the curated chunks, to check the
-        index is in step with them; `prompts`: the folder of prompt files (default `prompts_dir()`). Given one
+        index is in step with them; `prompts`: the folder of prompt files (default `prompts_dir()`); `parallel`: the
+        engine's requests decoded together (`load_engine`; 1 for reproducible answers). Given one
         folder only, it is a pipeline run's artifacts folder, its paths read from pipeline.yaml (`from_artifacts`)."""
         if engine_dir is None:
             return cls.from_artifacts(index_dir, base_model, backend, min_similarity)
         retriever = Retriever.load(index_dir)
         skew = check_skew(index_dir, chunks) if chunks and Path(chunks).exists() else None
-        engine = load_engine(engine_dir, backend=backend, base_model=base_model)
+        engine = load_engine(engine_dir, backend=backend, base_model=base_model, parallel=parallel)
         detector = Detector.load(guard_dir) if guard_dir and (Path(guard_dir) / "guard.json").exists() else None
         if detector is None:
             log.warning("no trained prompt detector in %s: only the rules and the grounding check guard the input", guard_dir)
