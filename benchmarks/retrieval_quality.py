@@ -50,6 +50,7 @@ from lab2prod.data import run_data_stage  # noqa: E402
 from lab2prod.index import (  # noqa: E402
     RetrievalSettings,
     Retriever,
+    answer_pages,
     build_index,
     chunk_embed_texts,
     embed_texts,
@@ -110,10 +111,6 @@ def summarize(ranks: list[float]) -> dict:
             "mrr": round(float((1 / r).mean()), 3), "n_questions": len(r)}
 
 
-def answers_of(g: dict) -> set[str]:
-    return set(g.get("sources") or []) | {g["source"]}
-
-
 def naive_floor(corpus: Path, questions: list[dict], model, size: int = 800, k: int = 10) -> list[float]:
     "800-character windows of each page's visible text, one dense model, cosine top-k: the floor any design must beat."
     rows = []
@@ -122,7 +119,7 @@ def naive_floor(corpus: Path, questions: list[dict], model, size: int = 800, k: 
         rows += [(f.relative_to(corpus).as_posix(), text[i:i + size]) for i in range(0, len(text), size)]
     vecs = embed_texts(model, [t for _, t in rows])
     qv = embed_texts(model, [g["question"] for g in questions])
-    return [doc_rank([rows[i][0] for i in np.argsort(-(vecs @ q))[:k]], answers_of(g)) for g, q in zip(questions, qv)]
+    return [doc_rank([rows[i][0] for i in np.argsort(-(vecs @ q))[:k]], answer_pages(g)) for g, q in zip(questions, qv)]
 
 
 def bundled_fusion(chunks: pd.DataFrame, questions: list[dict], minilm_vecs: np.ndarray, e5, bm25_retriever: Retriever,
@@ -136,7 +133,7 @@ def bundled_fusion(chunks: pd.DataFrame, questions: list[dict], minilm_vecs: np.
         lists = [list(np.argsort(-(minilm_vecs[0] @ q_minilm))[:n]), list(np.argsort(-(e5_vecs @ q_e5))[:n]),
                  bm25_retriever.lexical_rows(g["question"], n)]
         top = [r for r, _ in rrf(lists)[:k]]
-        ranks.append(doc_rank(chunks.source.iloc[top].tolist(), answers_of(g)))
+        ranks.append(doc_rank(chunks.source.iloc[top].tolist(), answer_pages(g)))
     return ranks
 
 

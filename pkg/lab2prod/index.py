@@ -41,7 +41,7 @@ __all__ = ['log', 'BACKENDS', 'COLLECTION', 'MANIFEST', 'MODES', 'CANDIDATES', '
            'chroma_client', 'open_collection', 'sync_collection', 'tokenize_for_bm25', 'build_bm25', 'chunk_bm25_texts',
            'minmax', 'score_fusion', 'penalize_long_pages', 'rrf', 'Hit', 'IndexError_', 'RetrievalSettings',
            'read_manifest', 'verify_index', 'Retriever', 'data_fingerprint', 'build_index', 'check_skew',
-           'evaluate_retrieval', 'explain_cell', 'retrieval_explorer']
+           'answer_pages', 'evaluate_retrieval', 'explain_cell', 'retrieval_explorer']
 
 # %% ../../nbs/02_index.ipynb #33154c28
 def embed_texts(model, texts: list[str], batch_size: int = 32) -> np.ndarray:
@@ -636,6 +636,11 @@ def check_skew(index_dir: str | os.PathLike, chunks_path: str | os.PathLike | No
     return {"in_step": ok, "index_data_sha256": m["data_sha256"], "current_data_sha256": current, "chunks_path": str(path)}
 
 # %% ../../nbs/02_index.ipynb #b6b2befc
+def answer_pages(row: dict) -> set[str]:
+    "Every page that answers a golden row: its `source`, and each page of its `sources` list."
+    return set(row.get("sources") or []) | {row["source"]}
+
+
 def evaluate_retrieval(retriever: Retriever, golden: list[dict], k: int = 10) -> tuple[dict, pd.DataFrame]:
     """hit@1, hit@5 and MRR of `retriever` on golden `{question, source[, sources]}` rows, with a row per question.
 
@@ -644,7 +649,7 @@ def evaluate_retrieval(retriever: Retriever, golden: list[dict], k: int = 10) ->
     rows = []
     for g in golden:
         sources = list(dict.fromkeys(h.source for h in retriever.search(g["question"], k=k)))
-        answers = set(g.get("sources") or []) | {g["source"]}
+        answers = answer_pages(g)
         rank = next((i + 1 for i, s in enumerate(sources) if s in answers), None)
         rows.append({"id": g.get("id"), "question": g["question"], "source": g["source"], "rank": rank,
                      "top_source": sources[0] if sources else None})
