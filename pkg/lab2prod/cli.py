@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--batch", type=int, default=4, help="examples per optimizer step over all processes")
     tr.add_argument("--grad-accum", type=int, default=1)
     tr.add_argument("--seq-len", type=int, default=256)
-    tr.add_argument("--lr", type=float, default=2e-4)
+    tr.add_argument("--lr", type=float, default=6e-4)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--lora-r", type=int, default=8)
     tr.add_argument("--lora-layers", type=float, default=1.0, help="share of the decoder layers, from the top, with adapters")

@@ -40,8 +40,10 @@ __all__ = ['log', 'REDTEAM_CATEGORIES', 'FORMATS', 'MIN_CHARS', 'NOT_PROSE', 'TR
            'find_boilerplate', 'strip_lines', 'text_sha256', 'minhash', 'find_duplicates', 'split_sections',
            'split_blocks', 'TokenCounter', 'split_long_block', 'overlap_tail', 'pack_blocks', 'chunk_id', 'embed_text',
            'chunk_document', 'ingest_corpus', 'ensure_usable', 'table_facts', 'sentence_facts', 'question_key',
-           'topic_examples', 'build_train_examples', 'fact_examples', 'load_golden', 'load_feedback', 'write_parquet',
-           'dataset_stats', 'write_data_products', 'run_data_stage', 'duplicate_clusters', 'chunk_browser']
+           'topic_examples', 'fact_examples', 'fact_span', 'wh_word', 'in_situ_question', 'prose_sentences',
+           'question_words', 'close_to_golden', 'served_passages', 'sentence_examples', 'build_train_examples',
+           'load_golden', 'load_feedback', 'write_parquet', 'dataset_stats', 'write_data_products', 'run_data_stage',
+           'duplicate_clusters', 'chunk_browser']
 
 # %% ../../nbs/01_data.ipynb #cf34ff41
 class Document(BaseModel):
@@ -612,16 +614,6 @@ def topic_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: 
     return out
 
 
-TRAIN_RECIPES = ("topics", "facts")
-
-
-def build_train_examples(chunks: list[Chunk], golden: list[QAPair], recipe: str = "topics", **kw) -> list[TrainExample]:
-    "The fine-tuning rows of `recipe` (`topics` or `facts`), none of which repeats a golden question."
-    if recipe not in TRAIN_RECIPES:
-        raise ValueError(f"train_recipe {recipe!r} is unknown; use one of {TRAIN_RECIPES}")
-    return topic_examples(chunks, golden, **kw) if recipe == "topics" else fact_examples(chunks, golden, **kw)
-
-
 def fact_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: int = 300, per_chunk: int = 4,
                   unanswerable_every: int = 8, passages: int = 4, seed: int = 0) -> list[TrainExample]:
     """Instruction-tuning examples from the chunks' facts, none of which repeats a golden question.
@@ -642,23 +634,124 @@ def fact_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: i
         first = _SENTENCE.split(" ".join(prose))[0].strip() if prose else ""
         pairs = [("topic", f"What does the documentation say about {topic}?", first)] if len(first) >= 20 else []
         pairs += [("table", q, a) for q, a in table_facts(c.text)] + sentence_facts(c.text)
-        others = [o for o in chunks if o.source != c.source]
-        siblings = [o for o in chunks if o.source == c.source and o.chunk_id != c.chunk_id]
         for n, (kind, question, answer) in enumerate(pairs[:per_chunk]):
             if question_key(question) in banned or not answer.strip():
                 continue
-            near = [o.text for o in rng.sample(siblings, min(1, len(siblings)))]
-            distractors = near + [o.text for o in rng.sample(others, min(passages - len(near), len(others)))]
-            if others and (len(out) + 1) % unanswerable_every == 0:
-                kind, answer, shown = "unanswerable", NO_CONTEXT, [o.text for o in rng.sample(others, min(passages, len(others)))]
-            else:
-                shown = distractors[:passages - 1]
-                rng.shuffle(shown)
-                shown.insert(0 if rng.random() < 0.6 else rng.randint(0, len(shown)), c.text)
+            if len({o.source for o in chunks}) > 1 and (len(out) + 1) % unanswerable_every == 0:
+                kind, answer = "unanswerable", NO_CONTEXT
+            shown = served_passages(c, chunks, rng, passages, unanswerable=kind == "unanswerable")
             out.append(TrainExample(id=f"{c.chunk_id}-{n}", context=c.text, question=question,
                                     answer=answer[:max_answer_chars].strip(), source=c.source, passages=shown,
                                     kind=kind))
     return out
+
+# %% ../../nbs/01_data.ipynb #a3c41ccc
+_NUMBER = re.compile(r"\b\d[\d,.]*(?:\s?(?:%|ms|s|seconds?|minutes?|hours?|days?|weeks?|months?|years?|[KMG]i?B|bytes?|"
+                     r"characters?|times|requests?|workers?|rows?|columns?))?\b")
+_TIME_UNIT = re.compile(r"(ms|s|seconds?|minutes?|hours?|days?|weeks?|months?|years?)$")
+_CODE = re.compile(r"`([^`]{1,60})`")
+_QUOTED = re.compile(r"\"([^\"]{1,60})\"")
+
+
+def fact_span(sentence: str) -> tuple[int, int] | None:
+    "Where the fact a question can ask for sits in `sentence`: a number with its unit, else code, else a quoted value."
+    for rx in (_NUMBER, _CODE, _QUOTED):
+        m = rx.search(sentence)
+        if m and m.start() > 0:  # a question on the sentence's first words would repeat the rest of it
+            return m.start(), m.end()
+    return None
+
+
+def wh_word(span: str) -> str:
+    "The question word that asks for `span`."
+    span = span.strip("`\"")
+    if _NUMBER.fullmatch(span):
+        return "how long" if _TIME_UNIT.search(span) else "how many"
+    return "what"
+
+
+def in_situ_question(sentence: str, span: tuple[int, int], rng: random.Random, keep: float = 0.8) -> str:
+    """`sentence` asked as a question: its fact replaced by a question word, and about one word in five of the rest
+    dropped (capitalized ones kept), so that the question shares words with the sentence without repeating it."""
+    start, end = span
+    wh = wh_word(sentence[start:end])
+    before, after = sentence[:start].split(), sentence[end:].rstrip(" .").split()
+    kept = [w for w in before if w[0].isupper() or rng.random() < keep] + [wh]
+    kept += [w for w in after if w[0].isupper() or rng.random() < keep]
+    question = re.sub(r"[`*]", "", " ".join(kept)).strip(" ,;:")
+    return question[0].upper() + question[1:] + "?"
+
+
+def prose_sentences(text: str, min_chars: int = 30, max_chars: int = 250) -> list[str]:
+    "The sentences of `text`'s prose (not its tables, lists, headings or code), of a length that states one fact."
+    prose = " ".join(line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(NOT_PROSE))
+    return [s.strip() for s in _SENTENCE.split(prose) if min_chars <= len(s.strip()) <= max_chars]
+
+
+def question_words(question: str) -> set[str]:
+    "The words of `question` longer than two letters: what two questions must share to ask the same thing."
+    return {w for w in question_key(question).split() if len(w) > 2}
+
+
+def close_to_golden(question: str, golden_words: list[set[str]], threshold: float = 0.6) -> bool:
+    "Whether `question` shares `threshold` of its content words (Jaccard) with a golden question."
+    words = question_words(question)
+    return any(len(words & g) / max(1, len(words | g)) >= threshold for g in golden_words)
+
+
+def served_passages(chunk: Chunk, chunks: list[Chunk], rng: random.Random, passages: int = 4,
+                    unanswerable: bool = False) -> list[str]:
+    """The passages a training prompt shows, as the served chain does: `chunk` (first more often than not, as
+    retrieval ranks it) among a chunk of the same document and chunks of others; `unanswerable`: others only."""
+    others = [o for o in chunks if o.source != chunk.source]
+    if unanswerable:
+        return [o.text for o in rng.sample(others, min(passages, len(others)))]
+    siblings = [o for o in chunks if o.source == chunk.source and o.chunk_id != chunk.chunk_id]
+    near = [o.text for o in rng.sample(siblings, min(1, len(siblings)))]
+    shown = (near + [o.text for o in rng.sample(others, min(passages - len(near), len(others)))])[:passages - 1]
+    rng.shuffle(shown)
+    shown.insert(0 if rng.random() < 0.6 else rng.randint(0, len(shown)), chunk.text)
+    return shown
+
+
+def sentence_examples(chunks: list[Chunk], golden: list[QAPair], per_chunk: int = 3, unanswerable_every: int = 8,
+                      passages: int = 2, seed: int = 0) -> list[TrainExample]:
+    """Rows that teach the answer a RAG question wants: the one sentence of the passages that states the fact.
+
+    Per chunk, up to `per_chunk` of its prose sentences that carry a fact (a number, code or a quoted value), each
+    asked as an in-situ question (`in_situ_question`) and answered by the whole sentence, and its table rows
+    (`table_facts`), shown among `passages` passages (`served_passages`; two taught as well as the served four, in
+    0.6 of the training time: README, "Fine-tuning"). Every `unanswerable_every`-th row shows
+    other documents only and is answered with the chain's "I don't know". Rows whose question is close to a golden
+    one are left out (`close_to_golden`)."""
+    from lab2prod.guardrails import NO_CONTEXT
+    golden_words = [question_words(q.question) for q in golden]
+    rng = random.Random(seed)
+    out = []
+    for c in chunks:
+        pairs = [("sentence", in_situ_question(s, span, rng), s) for s in prose_sentences(c.text)
+                 if (span := fact_span(s))]
+        pairs += [("table", q, a) for q, a in table_facts(c.text)]
+        rng.shuffle(pairs)
+        for n, (kind, question, answer) in enumerate(pairs[:per_chunk]):
+            if close_to_golden(question, golden_words):
+                continue
+            unanswerable = len(chunks) > 1 and (len(out) + 1) % unanswerable_every == 0
+            shown = served_passages(c, chunks, rng, passages, unanswerable)
+            out.append(TrainExample(id=f"{c.chunk_id}-{n}", context=c.text, question=question,
+                                    answer=NO_CONTEXT if unanswerable else answer, source=c.source, passages=shown,
+                                    kind="unanswerable" if unanswerable else kind))
+    return out
+
+
+TRAIN_RECIPES = {"sentences": sentence_examples, "topics": topic_examples, "facts": fact_examples}
+
+
+def build_train_examples(chunks: list[Chunk], golden: list[QAPair], recipe: str = "sentences", **kw) -> list[TrainExample]:
+    "The fine-tuning rows of `recipe` (one of `TRAIN_RECIPES`), none of which repeats a golden question."
+    if recipe not in TRAIN_RECIPES:
+        raise ValueError(f"train_recipe {recipe!r} is unknown; use one of {sorted(TRAIN_RECIPES)}")
+    return TRAIN_RECIPES[recipe](chunks, golden, **kw)
 
 # %% ../../nbs/01_data.ipynb #e7c6325d
 def load_golden(path: Path, sources: set[str]) -> tuple[list[QAPair], int]:
@@ -730,7 +823,7 @@ def write_data_products(product: dict, docs: list[Document], chunks: list[Chunk]
 def run_data_stage(corpus_dir: str = "data/corpus", golden_path: str = "data/golden.jsonl",
                    redteam_path: str = "data/redteam.jsonl", artifacts_dir: str = "artifacts",
                    embedding_model: str = "bundled", profile: str = "default", near_dup_threshold: float = 0.9,
-                   product: dict | None = None, train_recipe: str = "topics",
+                   product: dict | None = None, train_recipe: str = "sentences",
                    feedback_path: str = "data/feedback.jsonl") -> dict:
     "The whole data stage in one call (what the notebook does step by step); returns the stats."
     _, product = stage_io("data", None, product, artifacts_dir)

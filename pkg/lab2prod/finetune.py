@@ -189,7 +189,7 @@ class TrainConfig(BaseModel):
     batch: int = Field(4, ge=1, description="examples per optimizer step, over all processes")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step in each process")
     seq_len: int = Field(256, ge=16, description="tokens per example at most (prompt cut from the left)")
-    lr: float = Field(2e-4, gt=0, description="AdamW learning rate")
+    lr: float = Field(6e-4, gt=0, description="AdamW learning rate")
     seed: int = Field(0, description="example order, adapter initialization and dropout")
     lora_r: int = Field(8, ge=1)
     lora_layers: float = Field(1.0, gt=0, le=1, description="share of the decoder layers, from the top, with adapters")
