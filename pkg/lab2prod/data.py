@@ -109,7 +109,8 @@ class TrainExample(BaseModel):
     answer: str = Field(min_length=1)
     source: str
     passages: list[str] = Field(default_factory=list, description="what the prompt shows, in order (empty: context)")
-    kind: str = Field("topic", description="how the pair was made: topic, table, definition, default, unanswerable")
+    kind: str = Field("topic", description="how the pair was made: sentence, topic, table, definition, default, "
+                      "unanswerable")
 
 
 class Rejection(BaseModel):
@@ -645,7 +646,7 @@ def fact_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: i
                                     kind=kind))
     return out
 
-# %% ../../nbs/01_data.ipynb #a3c41ccc
+# %% ../../nbs/01_data.ipynb #4a9d1d3c
 _NUMBER = re.compile(r"\b\d[\d,.]*(?:\s?(?:%|ms|s|seconds?|minutes?|hours?|days?|weeks?|months?|years?|[KMG]i?B|bytes?|"
                      r"characters?|times|requests?|workers?|rows?|columns?))?\b")
 _TIME_UNIT = re.compile(r"(ms|s|seconds?|minutes?|hours?|days?|weeks?|months?|years?)$")
