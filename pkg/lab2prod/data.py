@@ -628,6 +628,7 @@ def fact_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: i
     from lab2prod.guardrails import NO_CONTEXT
     banned = {question_key(q.question) for q in golden}
     rng = random.Random(seed)
+    several_documents = len({c.source for c in chunks}) > 1  # an unanswerable row needs another document to show
     out = []
     for c in chunks:
         topic = c.heading.split(" > ")[-1] if c.heading else Path(c.source).stem.replace("-", " ")
@@ -638,7 +639,7 @@ def fact_examples(chunks: list[Chunk], golden: list[QAPair], max_answer_chars: i
         for n, (kind, question, answer) in enumerate(pairs[:per_chunk]):
             if question_key(question) in banned or not answer.strip():
                 continue
-            if len({o.source for o in chunks}) > 1 and (len(out) + 1) % unanswerable_every == 0:
+            if several_documents and (len(out) + 1) % unanswerable_every == 0:
                 kind, answer = "unanswerable", NO_CONTEXT
             shown = served_passages(c, chunks, rng, passages, unanswerable=kind == "unanswerable")
             out.append(TrainExample(id=f"{c.chunk_id}-{n}", context=c.text, question=question,
@@ -728,6 +729,7 @@ def sentence_examples(chunks: list[Chunk], golden: list[QAPair], per_chunk: int 
     from lab2prod.guardrails import NO_CONTEXT
     golden_words = [question_words(q.question) for q in golden]
     rng = random.Random(seed)
+    several_documents = len({c.source for c in chunks}) > 1  # an unanswerable row needs another document to show
     out = []
     for c in chunks:
         pairs = [("sentence", in_situ_question(s, span, rng), s) for s in prose_sentences(c.text)
@@ -737,7 +739,7 @@ def sentence_examples(chunks: list[Chunk], golden: list[QAPair], per_chunk: int 
         for n, (kind, question, answer) in enumerate(pairs[:per_chunk]):
             if close_to_golden(question, golden_words):
                 continue
-            unanswerable = len(chunks) > 1 and (len(out) + 1) % unanswerable_every == 0
+            unanswerable = several_documents and (len(out) + 1) % unanswerable_every == 0
             shown = served_passages(c, chunks, rng, passages, unanswerable)
             out.append(TrainExample(id=f"{c.chunk_id}-{n}", context=c.text, question=question,
                                     answer=NO_CONTEXT if unanswerable else answer, source=c.source, passages=shown,
