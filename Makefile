@@ -22,7 +22,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TQDM_DISABLE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: all install pipeline version test check lock environment.yml serve lab benchmarks clean
+.PHONY: all install pipeline version test test-bench check lock environment.yml serve lab benchmarks clean
 
 all: install pipeline
 
@@ -58,6 +58,10 @@ version: install
 test: install check
 	$(BIN)/nbdev_test --n_workers 0   # in order: later notebooks reuse what earlier ones built
 	$(BIN)/pytest -q -ra --durations=20   # the slowest tests, to keep the run well under 30 minutes
+
+# the benchmark harness end to end in quick mode (about 5 minutes more, after the shared smoke build)
+test-bench: install
+	$(BIN)/pytest -q -ra --bench tests/test_benchmarks.py
 
 check: install
 	$(PY) -m pip check

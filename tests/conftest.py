@@ -37,9 +37,22 @@ def run(args: list[str], env: dict | None = None, timeout: int = 900, check: boo
     return p
 
 
+def pytest_addoption(parser):
+    parser.addoption("--bench", action="store_true",
+                     help="also run the benchmark harness in quick mode (about 5 minutes; `make test-bench`)")
+
+
 def pytest_collection_modifyitems(config, items):
-    "The gate test registers versions and moves the smoke run's champion: it runs after every other test."
+    """The gate test registers versions and moves the smoke run's champion: it runs after every other test. The
+    benchmark harness's check runs only when asked for (`--bench`): it keeps the default run well under 30 minutes."""
     items.sort(key=lambda item: item.module.__name__ == "test_gate")
+    if config.getoption("--bench"):
+        return
+    skip = pytest.mark.skip(reason="the benchmark harness in quick mode takes about 5 minutes: run it with "
+                                   "`make test-bench` (pytest --bench)")
+    for item in items:
+        if item.get_closest_marker("bench"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

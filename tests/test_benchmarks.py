@@ -6,7 +6,7 @@ import sys
 import pytest
 from conftest import ROOT, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]  # not in the default run: `make test-bench`
 
 
 def test_quick_harness_writes_the_table_and_plots(smoke_run, tmp_path):
