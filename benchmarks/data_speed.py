@@ -26,7 +26,9 @@ def make_corpus(folder: Path, mb: float, seed: int = 0) -> int:
     "Write generated Markdown documents until `mb` megabytes; returns the byte count."
     words = sorted(set(re.findall(r"[A-Za-z][A-Za-z0-9_-]+", " ".join(p.read_text() for p in (ROOT / "data/corpus").rglob("*.md")))))
     rng, total, i = np.random.default_rng(seed), 0, 0
-    def sentence(): return " ".join(rng.choice(words, rng.integers(8, 25))).capitalize() + "."
+
+    def sentence() -> str:
+        return " ".join(rng.choice(words, rng.integers(8, 25))).capitalize() + "."
     while total < mb * 2**20:
         parts = [f"# Document {i}: {' '.join(rng.choice(words, 3))}"]
         for s in range(12):

@@ -30,8 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 class SyntheticEmbedder:
     "Deterministic random unit vectors (by text hash): builds a large index without hours of embedding."
-    def __init__(self, dim: int = 384): self.dim = dim
-    def get_sentence_embedding_dimension(self) -> int: return self.dim
+
+    def __init__(self, dim: int = 384):
+        self.dim = dim
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.dim
+
     def encode(self, texts, **_):
         out = np.stack([np.random.default_rng(int(hashlib.md5(t.encode()).hexdigest()[:8], 16)).standard_normal(self.dim)
                         for t in texts]).astype(np.float32)

@@ -160,7 +160,8 @@ class OnnxEmbedder:
         so.intra_op_num_threads, so.inter_op_num_threads = threads or min(4, os.cpu_count() or 1), 1
         self.session = ort.InferenceSession(str(self.folder / "model.int8.onnx"), so, providers=["CPUExecutionProvider"])
 
-    def get_sentence_embedding_dimension(self) -> int: return int(self.info["dim"])
+    def get_sentence_embedding_dimension(self) -> int:
+        return int(self.info["dim"])
 
     def encode(self, texts: list[str], batch_size: int = 16, normalize_embeddings: bool = True, **_) -> np.ndarray:
         "Unit-length embeddings; texts are batched by length so little compute goes to padding."
@@ -200,7 +201,8 @@ class Bf16Embedder:
             for _ in range(2):
                 self.graph(*inputs)
 
-    def get_sentence_embedding_dimension(self) -> int: return self.dim
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.dim
 
     def encode(self, texts: list[str], batch_size: int | None = None, normalize_embeddings: bool = True, **_) -> np.ndarray:
         "Unit-length float32 embeddings; texts are batched by token count so little compute goes to padding."
@@ -357,7 +359,8 @@ class Hit:
     heading: str = ""
     explain: dict = field(default_factory=dict)  # each retriever's rank (1-based) and score for this chunk, and the fusion
 
-    def to_dict(self) -> dict: return {"source": self.source, "text": self.text, "score": self.score}
+    def to_dict(self) -> dict:
+        return {"source": self.source, "text": self.text, "score": self.score}
 
 
 class IndexError_(RuntimeError):
@@ -479,7 +482,8 @@ class Retriever:
         return cls(index_dir, manifest, collection, chunks, embedder, bm, mode or manifest.get("retrieval_mode", "hybrid"),
                    settings)
 
-    def __len__(self) -> int: return len(self.chunks)
+    def __len__(self) -> int:
+        return len(self.chunks)
 
     def _check_k(self, k: int) -> int:
         if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
