@@ -91,7 +91,8 @@ W = Path(sys.argv[1])
 m, tok = load_model("llm")
 m.hf_quantizer = None  # save_pretrained refuses a model that still names its (GGUF) quantizer
 del m.config.quantization_config
-m.save_pretrained(W / "base"); tok.save_pretrained(W / "base")
+m.save_pretrained(W / "base")
+tok.save_pretrained(W / "base")
 from peft import LoraConfig, get_peft_model
 torch.manual_seed(0)
 cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
@@ -101,7 +102,8 @@ for n, p in pm.named_parameters():
         torch.nn.init.normal_(p, std=0.05)
 pm.save_pretrained(W / "adapter")
 merged = pm.merge_and_unload()
-merged.save_pretrained(W / "merged"); tok.save_pretrained(W / "merged")
+merged.save_pretrained(W / "merged")
+tok.save_pretrained(W / "merged")
 """
 
 
@@ -238,14 +240,18 @@ def measure(stream, batch):
         t0 = perf()
         toks, t_first, t_last, t0 = stream(0, N)
         t_end = perf()
-        dec.append((N - 1) / (t_last - t_first)); e2e.append(N / (t_end - t0))
+        dec.append((N - 1) / (t_last - t_first))
+        e2e.append(N / (t_end - t0))
     out["one_stream"] = {"decode_tokens_per_s": round(statistics.median(dec), 2), "runs": [round(x, 2) for x in dec],
                          "end_to_end_tokens_per_s": round(statistics.median(e2e), 2), "prompt_tokens": len(prompt)}
     if batch is not None:
         batch(list(range(len(cfg["ids"]))), 8)  # warm-up
         tps, counts = [], []
         for _ in range(cfg["batch_repeats"]):
-            t0 = perf(); n = batch(list(range(len(cfg["ids"]))), N); tps.append(n / (perf() - t0)); counts.append(n)
+            t0 = perf()
+            n = batch(list(range(len(cfg["ids"]))), N)
+            tps.append(n / (perf() - t0))
+            counts.append(n)
         out["batch8"] = {"total_tokens_per_s": round(statistics.median(tps), 2), "runs": [round(x, 2) for x in tps],
                          "generated_tokens": counts}
     agree = []
@@ -266,12 +272,17 @@ from transformers.generation.streamers import BaseStreamer
 m = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32).eval()
 
 class Clock(BaseStreamer):
-    def __init__(self): self.t = []
-    def put(self, value): self.t.append(perf())
-    def end(self): pass
+    def __init__(self):
+        self.t = []
+    def put(self, value):
+        self.t.append(perf())
+    def end(self):
+        pass
 
 def stream(i, n):
-    ids = cfg["ids"][i]; clock = Clock(); t0 = perf()
+    ids = cfg["ids"][i]
+    clock = Clock()
+    t0 = perf()
     with torch.inference_mode():
         out = m.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), do_sample=False,
                          max_new_tokens=n, min_new_tokens=n, streamer=clock, pad_token_id=cfg["pad_id"])
@@ -291,7 +302,8 @@ import ctranslate2
 g = ctranslate2.Generator(cfg["model"], device="cpu", compute_type="int8", intra_threads=T, inter_threads=1)
 
 def stream(i, n):
-    t = []; t0 = perf()
+    t = []
+    t0 = perf()
     res = g.generate_batch([cfg["strs"][i]], max_length=n, min_length=n, beam_size=1, sampling_topk=1,
                            include_prompt_in_result=False, callback=lambda step: t.append(perf()))
     return res[0].sequences_ids[0], t[0], t[-1], t0
@@ -308,20 +320,30 @@ import numpy as np, openvino as ov, openvino_genai as og
 pipe = og.LLMPipeline(cfg["model"], "CPU", INFERENCE_NUM_THREADS=T)
 
 class Clock(og.StreamerBase):
-    def __init__(self): super().__init__(); self.t = []
+    def __init__(self):
+        super().__init__()
+        self.t = []
     def write(self, token):
-        self.t.extend([perf()] * (len(token) if isinstance(token, list) else 1)); return og.StreamingStatus.RUNNING
-    def put(self, token): self.t.append(perf()); return False
-    def end(self): pass
+        self.t.extend([perf()] * (len(token) if isinstance(token, list) else 1))
+        return og.StreamingStatus.RUNNING
+    def put(self, token):
+        self.t.append(perf())
+        return False
+    def end(self):
+        pass
 
 def gcfg(n):
-    c = og.GenerationConfig(); c.max_new_tokens = n; c.min_new_tokens = n; c.do_sample = False
+    c = og.GenerationConfig()
+    c.max_new_tokens = n
+    c.min_new_tokens = n
+    c.do_sample = False
     return c
 
 def stream(i, n):
     ids = np.array([cfg["ids"][i]], dtype=np.int64)
     inp = og.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
-    clock = Clock(); t0 = perf()
+    clock = Clock()
+    t0 = perf()
     res = pipe.generate(inp, gcfg(n), clock)
     return list(res.tokens[0]), clock.t[0], clock.t[-1], t0
 
@@ -341,21 +363,29 @@ measure(stream, batch)
 import numpy as np, onnxruntime_genai as og
 model = og.Model(cfg["model"])
 def stream(i, n):
-    ids = cfg["ids"][i]; p = og.GeneratorParams(model)
+    ids = cfg["ids"][i]
+    p = og.GeneratorParams(model)
     p.set_search_options(max_length=len(ids) + n, min_length=len(ids) + n, do_sample=False)
-    t, toks = [], []; t0 = perf()
-    gen = og.Generator(model, p); gen.append_tokens([ids])
+    t, toks = [], []
+    t0 = perf()
+    gen = og.Generator(model, p)
+    gen.append_tokens([ids])
     while not gen.is_done():
-        gen.generate_next_token(); toks.append(int(gen.get_next_tokens()[0])); t.append(perf())
+        gen.generate_next_token()
+        toks.append(int(gen.get_next_tokens()[0]))
+        t.append(perf())
     return toks, t[0], t[-1], t0
 
 def batch(idx, n):
     ids, _ = pad_left([cfg["ids"][i] for i in idx])
     p = og.GeneratorParams(model)
     p.set_search_options(max_length=len(ids[0]) + n, min_length=len(ids[0]) + n, do_sample=False, batch_size=len(idx))
-    gen = og.Generator(model, p); gen.append_tokens(np.array(ids, dtype=np.int32)); k = 0
+    gen = og.Generator(model, p)
+    gen.append_tokens(np.array(ids, dtype=np.int32))
+    k = 0
     while not gen.is_done():
-        gen.generate_next_token(); k += 1
+        gen.generate_next_token()
+        k += 1
     return k * len(idx)
 
 measure(stream, batch)
