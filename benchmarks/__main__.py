@@ -6,8 +6,8 @@ heavy processes on two cores slow each other far more than twice), `--repeat` ti
 (median, min and max over the repeats) with the machine and the date, plus PNG plots of the concurrency curves and of
 the per-task time, to benchmarks/results/; `--readme` copies the table into the README's performance section.
 
-`--quick` runs each benchmark on tiny settings (under 5 minutes in all) to check that the harness works: CI runs
-it, and no time it measures can fail anything."""
+`--quick` runs each benchmark on tiny settings (about 5 minutes in all) to check that the harness works:
+`make test-bench` runs it as a test, and no time it measures can fail anything."""
 from __future__ import annotations
 
 import argparse
