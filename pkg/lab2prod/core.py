@@ -32,11 +32,11 @@ __all__ = ['TELEMETRY_ENV', 'OFFLINE_ENV', 'JUPYTER_SERVER_CONFIG', 'log', 'PROF
            'progress', 'show_widget', 'Profile', 'get_profile', 'Hardware', 'cpu_info', 'detect_hardware',
            'choose_embedding_backend', 'choose_generation_backend', 'choose_train_precision',
            'choose_generation_precision', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
-           'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'MicroBatcher', 'file_hash', 'dir_hash', 'params_hash',
-           'git_state', 'package_versions', 'build_lineage', 'write_lineage', 'pipeline_root', 'pipeline_env',
-           'pipeline_spec', 'pipeline_products', 'stage_products', 'stage_io', 'ModelSpec', 'bundled_dir',
-           'resolve_model', 'cache_dir', 'unpacked_gguf', 'load_model', 'tracking_uri_for', 'start_mlflow_run',
-           'install_model_package', 'lock_pins', 'write_environment_yml']
+           'atomic_write_jsonl', 'read_jsonl', 'run_sync', 'keep_kernel_listening', 'MicroBatcher', 'file_hash',
+           'dir_hash', 'params_hash', 'git_state', 'package_versions', 'build_lineage', 'write_lineage',
+           'pipeline_root', 'pipeline_env', 'pipeline_spec', 'pipeline_products', 'stage_products', 'stage_io',
+           'ModelSpec', 'bundled_dir', 'resolve_model', 'cache_dir', 'unpacked_gguf', 'load_model', 'tracking_uri_for',
+           'start_mlflow_run', 'install_model_package', 'lock_pins', 'write_environment_yml']
 
 # %% ../../nbs/00_core.ipynb #1c60ef71
 TELEMETRY_ENV = {
@@ -395,6 +395,31 @@ def run_sync(coro):
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+# %% ../../nbs/00_core.ipynb #e3eac7e6
+def keep_kernel_listening(period_ms: int = 1000) -> bool:
+    "Inside an ipykernel, read shell requests that a lost wake-up left waiting (once per `period_ms`); True if started."
+    import sys
+    import threading
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    kernel = getattr(shell, "kernel", None)
+    stream = getattr(kernel, "shell_stream", None)
+    # the kernel's loop runs on its main thread: started anywhere else, the check would never run
+    if stream is None or getattr(kernel, "_lab2prod_listening", None) is not None or threading.current_thread() is not threading.main_thread():
+        return False
+    import zmq
+    from tornado.ioloop import PeriodicCallback
+
+    def read_waiting() -> None:
+        if not stream.closed():
+            stream.flush(zmq.POLLIN)
+    kernel._lab2prod_listening = PeriodicCallback(read_waiting, period_ms)
+    kernel._lab2prod_listening.start()
+    return True
+
+
+keep_kernel_listening()
+
 
 # %% ../../nbs/00_core.ipynb #b7c1e0a3
 class MicroBatcher:
